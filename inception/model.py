@@ -92,15 +92,27 @@ def endpoint_shape(image_size: int, endpoint: str) -> tuple[int, ...]:
 
 
 class ConvBN(nn.Module):
-  """Keras' `conv2d_bn`: Conv (no bias) -> BatchNorm (no scale) -> ReLU."""
+  """Keras' `conv2d_bn`: Conv (no bias) -> BatchNorm (no scale) -> ReLU.
+
+  With `fold_batchnorm` the unit is Conv (with bias) -> ReLU, params `conv/{kernel, bias}`:
+  a frozen BatchNorm folded into the conv (see `inception.folding`).
+  """
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   padding: str = 'SAME'
   dtype: Any = jnp.float32
+  fold_batchnorm: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.fold_batchnorm:
+      if train:
+        raise ValueError('ConvBN with fold_batchnorm=True has no BatchNorm to train; '
+                         'use the unfolded variables for train_blocks')
+      x = nn.Conv(self.features, self.kernel_size, self.strides, padding=self.padding,
+                  use_bias=True, dtype=self.dtype, name='conv')(x)
+      return nn.relu(x)
     x = nn.Conv(self.features, self.kernel_size, self.strides, padding=self.padding,
                 use_bias=False, dtype=self.dtype, name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BATCHNORM_MOMENTUM,
@@ -121,10 +133,11 @@ def max_pool_3x3(x, strides: int = 2, padding: str = 'VALID'):
 class _Block(nn.Module):
   """Base of the mixed blocks: `unit(...)` creates a named ConvBN in call order."""
   dtype: Any = jnp.float32
+  fold_batchnorm: bool = False
 
   def unit(self, name, x, features, kernel, train, strides=1, padding='SAME'):
     return ConvBN(features, kernel, (strides, strides), padding, dtype=self.dtype,
-                  name=name)(x, train)
+                  fold_batchnorm=self.fold_batchnorm, name=name)(x, train)
 
 
 class InceptionA(_Block):
@@ -257,18 +270,21 @@ class InceptionV3(nn.Module):
     include_top: build the ImageNet classifier (`predictions`, 1000 logits, no softmax).
     mixed10_pool: 'avg' (Keras) or 'max' (the 2015 TensorFlow graph; see `InceptionE`).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
+    fold_batchnorm: every unit is Conv (with bias) -> ReLU, for variables made by
+      `inception.folding.fold_batchnorm` (frozen backbone; no `batch_stats`, no train_blocks).
 
   Call: `model.apply(variables, images, train_blocks=())` with images [N, H, W, 3] float,
   H, W >= 75. Returns the `stop_at` endpoint: [N, h, w, C] for blocks, [N, 2048] for avg_pool,
   [N, 1000] logits for predictions. `train_blocks` names the blocks (from `BLOCKS`) whose
   BatchNorm normalises with batch statistics and updates its running averages (needs
-  `mutable=['batch_stats']`); every other block uses its running statistics. Each block's
-  output is also sown into the 'intermediates' collection under its name.
+  `mutable=['batch_stats']`); every other block uses its running statistics. To read several
+  endpoints in one pass use `apply_endpoints`.
   """
   stop_at: str = 'mixed10'
   include_top: bool = False
   mixed10_pool: str = 'avg'
   dtype: Any = jnp.float32
+  fold_batchnorm: bool = False
 
   @nn.compact
   def __call__(self, x, train_blocks: Collection[str] | bool = ()):
@@ -291,8 +307,8 @@ class InceptionV3(nn.Module):
                        f'{MIN_IMAGE_SIZE} pixels, got {x.shape[1]}x{x.shape[2]}')
     x = x.astype(self.dtype)
     for name, block, kwargs in _block_specs(self.mixed10_pool):
-      x = block(dtype=self.dtype, name=name, **kwargs)(x, name in train_blocks)
-      self.sow('intermediates', name, x)
+      x = block(dtype=self.dtype, fold_batchnorm=self.fold_batchnorm, name=name,
+                **kwargs)(x, name in train_blocks)
       if name == self.stop_at:
         return x
     x = jnp.mean(x, axis=(1, 2))
@@ -300,6 +316,19 @@ class InceptionV3(nn.Module):
     if self.stop_at == 'avg_pool':
       return x
     return nn.Dense(NUM_IMAGENET_CLASSES, dtype=self.dtype, name='predictions')(x)
+
+
+def apply_endpoints(model: InceptionV3, variables, images, **kwargs) -> dict[str, Any]:
+  """Runs `model` and returns every endpoint it computes, {name: array}, up to `stop_at`."""
+  def is_block(module, method_name):
+    return method_name == '__call__' and module.name in BLOCKS
+  _, state = model.apply(variables, images, capture_intermediates=is_block,
+                         mutable=['intermediates'], **kwargs)
+  captured = state['intermediates']
+  found = {name: captured[name]['__call__'][0] for name in BLOCKS if name in captured}
+  if 'avg_pool' in captured:
+    found['avg_pool'] = captured['avg_pool'][0]
+  return found
 
 
 def unit_paths() -> list[tuple[str, str]]:

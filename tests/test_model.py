@@ -1,0 +1,136 @@
+"""InceptionV3 (Flax): endpoint shapes, parameter counts, jit forward, bad inputs."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception import model as model_lib
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _abstract_variables(net, size: int):
+  shapes = jax.eval_shape(net.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  return {c: shapes[c] for c in ('params', 'batch_stats') if c in shapes}
+
+
+def _block_output_shapes(net, size: int, batch: int = 2):
+  """({block: shape}, output shape) of `net` on [batch, size, size, 3], without computing."""
+  variables = _abstract_variables(net, size)
+
+  def run(v, x):
+    blocks = {}
+
+    def capture(next_fun, args, kwargs, context):
+      y = next_fun(*args, **kwargs)
+      if len(context.module.scope.path) == 1 and context.method_name == '__call__':
+        blocks[context.module.scope.path[0]] = y
+      return y
+    with nn.intercept_methods(capture):
+      return blocks, net.apply(v, x)
+  blocks, out = jax.eval_shape(run, variables,
+                               jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
+  return {k: v.shape for k, v in blocks.items()}, out.shape
+
+
+@pytest.mark.parametrize('size', [75, 150, 299])
+def test_every_endpoint_shape(size):
+  blocks, logits = _block_output_shapes(
+      model_lib.InceptionV3(stop_at='predictions', include_top=True), size)
+  assert sorted(blocks) == sorted(model_lib.BLOCKS + ('predictions',))
+  for block in model_lib.BLOCKS:
+    assert blocks[block] == (2,) + model_lib.endpoint_shape(size, block), block
+  assert logits == (2, 1000) == (2,) + model_lib.endpoint_shape(size, 'predictions')
+  if size != 299:
+    return
+  _, pooled = _block_output_shapes(model_lib.InceptionV3(stop_at='avg_pool'), size)
+  assert pooled == (2, 2048) == (2,) + model_lib.endpoint_shape(size, 'avg_pool')
+
+
+def test_documented_spatial_sizes():
+  table = {'mixed2': (7, 16, 35), 'mixed7': (3, 7, 17), 'mixed10': (1, 3, 8)}
+  for endpoint, sizes in table.items():
+    assert tuple(model_lib.endpoint_spatial_size(s, endpoint) for s in (75, 150, 299)) == sizes
+
+
+def test_parameter_counts():
+  full = _abstract_variables(model_lib.InceptionV3(stop_at='avg_pool'), 75)
+  assert _count(full) == 21_802_784  # Kernels + BN betas + moving means and variances.
+  assert _count(full['params']) == 21_768_352
+  mixed7 = _abstract_variables(model_lib.InceptionV3(stop_at='mixed7'), 75)
+  assert _count(mixed7) == 8_975_264
+  assert sorted(mixed7['params']) == sorted(model_lib.BLOCKS[:9])
+  top = _abstract_variables(
+      model_lib.InceptionV3(stop_at='predictions', include_top=True), 75)
+  assert _count(top) == 21_802_784 + 2048 * 1000 + 1000
+  # The 2015 graph's max pool in mixed10 has no parameters: same tree.
+  tf2015 = _abstract_variables(model_lib.InceptionV3(stop_at='avg_pool', mixed10_pool='max'), 75)
+  assert jax.tree.map(lambda x: x.shape, tf2015) == jax.tree.map(lambda x: x.shape, full)
+  # The parameter count does not depend on the input size.
+  assert _count(_abstract_variables(model_lib.InceptionV3(stop_at='avg_pool'), 299)) == \
+      21_802_784
+
+
+def test_unit_paths_cover_the_parameter_tree_in_order():
+  variables = _abstract_variables(model_lib.InceptionV3(stop_at='avg_pool'), 75)
+  units = {(b, u) for b, block in variables['params'].items() for u in block}
+  assert units == set(model_lib.UNIT_PATHS) and len(model_lib.UNIT_PATHS) == 94
+  assert [b for b, _ in model_lib.UNIT_PATHS][:5] == ['stem'] * 5
+  assert model_lib.UNIT_PATHS[5] == ('mixed0', 'branch1x1')
+  assert model_lib.UNIT_PATHS[-1] == ('mixed10', 'branch_pool')
+
+
+def test_forward_under_jit_is_finite_and_per_example():
+  net = model_lib.InceptionV3(stop_at='mixed7')
+  x = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)
+  # Random variables made with numpy: compiling `net.init` takes over a minute on 2 CPU cores.
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if 'kernel' in name:  # He-scaled, so activations stay O(1) through the blocks.
+      fan_in = np.prod(leaf.shape[:-1])
+      return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
+    if "'var'" in name:
+      return rng.uniform(0.5, 2, leaf.shape).astype(np.float32)
+    return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+  variables = jax.tree_util.tree_map_with_path(fill, _abstract_variables(net, 75))
+  apply = jax.jit(net.apply)
+  out = apply(variables, x)
+  assert out.shape == (2, 3, 3, 768) and out.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(out))) and float(out.min()) >= 0  # ReLU output.
+  assert float(jnp.abs(out[0] - out[1]).max()) > 0
+  # Inference-mode BatchNorm does not mix examples: reversing the batch reverses the output.
+  np.testing.assert_allclose(apply(variables, x[::-1]), out[::-1], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_are_refused():
+  x = jnp.zeros((1, 74, 74, 3))
+  with pytest.raises(ValueError, match='at least 75x75 pixels, got 74x74'):
+    jax.eval_shape(model_lib.InceptionV3().init, jax.random.key(0), x)
+  with pytest.raises(ValueError, match='expects images \\[N, H, W, 3\\]'):
+    jax.eval_shape(model_lib.InceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75)))
+  with pytest.raises(ValueError, match='needs include_top=True'):
+    jax.eval_shape(model_lib.InceptionV3(stop_at='predictions').init, jax.random.key(0),
+                   jnp.zeros((1, 75, 75, 3)))
+  with pytest.raises(ValueError, match="stop_at='mixed11' is not an endpoint"):
+    jax.eval_shape(model_lib.InceptionV3(stop_at='mixed11').init, jax.random.key(0),
+                   jnp.zeros((1, 75, 75, 3)))
+
+
+def test_apply_endpoints_returns_every_block_up_to_the_cut():
+  net = model_lib.InceptionV3(stop_at='mixed3')
+  x = jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32)
+  variables = _abstract_variables(net, 75)
+  found = jax.eval_shape(lambda v, images: model_lib.apply_endpoints(net, v, images), variables, x)
+  # eval_shape returns dicts with sorted keys, so compare as sets.
+  assert set(found) == set(model_lib.BLOCKS[:model_lib.BLOCKS.index('mixed3') + 1])
+  for name, value in found.items():
+    assert value.shape == (2,) + model_lib.endpoint_shape(75, name), name
