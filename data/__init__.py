@@ -1,0 +1,35 @@
+"""Data for inception-flax: sources, restructuring, tf.data pipelines, Keras augmentation.
+
+    info = data.prepare(config.data)          # resolve, restructure (once), describe
+    for batch in data.train_batches(info, config.data, batch_size=20, seed=0): ...
+    for batch in data.eval_batches(info, config.data, split='validation', batch_size=20): ...
+"""
+
+import importlib
+
+# TensorFlow is only the input pipeline here: keep it off the accelerators so that JAX owns
+# them (and TF does not reserve their memory).
+import tensorflow as _tf
+
+for _kind in ('GPU', 'TPU'):
+  try:
+    _tf.config.set_visible_devices([], _kind)
+  except Exception:  # No such device type, or TF already initialised.  pylint: disable=broad-except
+    pass
+
+# Re-exports, imported on first use so that `python -m data.restructure` (and friends) run
+# their module only once.
+_EXPORTS = {'DatasetInfo': 'data.dataset', 'prepare': 'data.dataset',
+            'train_batches': 'data.pipeline', 'eval_batches': 'data.pipeline',
+            'folder_batches': 'data.pipeline', 'steps_per_epoch': 'data.pipeline'}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

@@ -1,0 +1,154 @@
+"""The `config.data` section: every knob of the data package, documented, and its validation.
+
+Defaults reproduce the seed notebook: Animals-10 dog vs horse, 500 images per class split
+450/50, 150 px, `rescale` (x/255), Keras `flow_from_directory` resizing ('nearest') and the
+notebook's `ImageDataGenerator` augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+
+import ml_collections
+
+SOURCES = ('animals10', 'folder', 'synthetic', 'tfds')
+PREPROCESSINGS = ('rescale', 'inception')  # Names in `inception.preprocessing`.
+RESIZE_METHODS = ('nearest', 'bilinear', 'bicubic', 'area', 'lanczos3')
+LINK_MODES = ('symlink', 'copy')
+FILL_MODES = ('nearest', 'constant', 'reflect', 'wrap')
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The default `config.data`; the seed notebook's recipe."""
+  c = ml_collections.ConfigDict()
+  # Where the images come from:
+  #   'animals10': Kaggle Animals-10 (`raw-img/<italian class>/*`), found at `path`,
+  #                $ANIMALS10_DIR, the kagglehub cache, or a kagglehub download.
+  #   'folder':    any class-folder tree `<path>/<class>/*`.
+  #   'synthetic': the project's generated stripes data set (see `synthetic`).
+  #   'tfds':      the `animals10` TFDS builder (data/tfds_animals10.py); `path` is its manual
+  #                download dir (found like 'animals10' when empty).
+  c.source = 'animals10'
+  # Path of the source: for animals10/tfds the folder holding `raw-img/` or `raw-img` itself,
+  # for folder the class-folder root. Empty: search (animals10/tfds only). An explicit path
+  # that does not exist is an error, never replaced by synthetic data.
+  c.path = ''
+  # Class names, in label order (label i = classes[i]). Animals-10 accepts English or Italian
+  # names (output uses English). For 'folder', folder names (an Animals-10 name is translated
+  # when only its translation exists); empty = every sub-folder, sorted. Ignored by 'synthetic'.
+  c.classes = ('dog', 'horse')
+  # Images per class in the train+validation subset (classes are balanced).
+  c.images_per_class = 500
+  # Fraction of `images_per_class` held out for validation (0.1: 450/50).
+  c.validation_fraction = 0.1
+  # Images per class of the held-out test split, taken from those not in the subset:
+  # -1 = all the rest, 0 = no test split.
+  c.test_per_class = -1
+  # Seed of the subset choice (numpy PCG64 on the sorted file names).
+  c.split_seed = 0
+  # Square side, pixels, that images are resized to (before augmentation, as Keras).
+  c.image_size = 150
+  # Name in `inception.preprocessing`: 'rescale' (x/255, the seed's) or 'inception' (x/127.5-1).
+  c.preprocess = 'rescale'
+  # tf.image.resize method. 'nearest' is Keras `flow_from_directory`'s default interpolation.
+  c.resize_method = 'nearest'
+  # How the restructured subset refers to the source files: 'symlink' or 'copy'.
+  c.link_mode = 'symlink'
+  # Where the restructured subset goes; empty = <cache>/datasets/<hash of the arguments>,
+  # <cache> = $INCEPTION_FLAX_CACHE or $XDG_CACHE_HOME/inception-flax or ~/.cache/inception-flax.
+  c.dir = ''
+  # source='animals10' with no explicit path and no data found: train on synthetic data
+  # (announced loudly) instead of failing.
+  c.fallback_to_synthetic = True
+  # The synthetic data set (generated deterministically, written as JPEGs under the cache).
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.num_classes = 2        # Stripe orientations 0, 180/K, ... degrees.
+  c.synthetic.images_per_class = 120  # The train+validation subset, per class.
+  c.synthetic.test_per_class = 30     # Extra images per class for the test split.
+  c.synthetic.image_size = 160        # Side, pixels, of the generated JPEGs.
+  c.synthetic.seed = 0
+  # Training augmentation, Keras `ImageDataGenerator` semantics (evaluation never augments).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = True
+  c.augment.rotation_range = 40.0     # Degrees; uniform in [-r, r].
+  c.augment.width_shift_range = 0.2   # < 1: fraction of the width; >= 1: pixels.
+  c.augment.height_shift_range = 0.2  # < 1: fraction of the height; >= 1: pixels.
+  c.augment.shear_range = 0.2         # Degrees (Keras' unit); uniform in [-r, r].
+  c.augment.zoom_range = 0.2          # Independent x/y scale in [1 - r, 1 + r].
+  c.augment.horizontal_flip = True    # Probability 0.5.
+  c.augment.fill_mode = 'nearest'     # 'nearest' | 'constant' | 'reflect' | 'wrap'.
+  c.augment.cval = 0.0                # Fill value for 'constant', on the 0..255 scale.
+  # tf.data knobs.
+  c.shuffle_buffer = 1000   # Kept for compatibility; epochs use a full permutation.
+  c.num_parallel_calls = -1  # -1 = AUTOTUNE.
+  c.deterministic = True     # Element order independent of thread timing.
+  c.prefetch = 2             # Batches prefetched (-1 = AUTOTUNE).
+  # Keep the decoded, resized training images in memory after the first pass (exact: the
+  # resize is deterministic); skipped when they would take more than this many MiB.
+  c.cache_decoded_mib = 1024
+  return c
+
+
+def _choice(key: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f'data.{key}={value!r} is not valid; valid: {", ".join(map(str, choices))}')
+
+
+def _number(key: str, value, lo=None, hi=None, integer=False) -> None:
+  kind = int if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kind):
+    raise ValueError(f'data.{key}={value!r} must be {"an int" if integer else "a number"}')
+  if (lo is not None and value < lo) or (hi is not None and value > hi):
+    raise ValueError(f'data.{key}={value!r} must be in [{lo}, {hi}]')
+
+
+def validate(config_data: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad key, its value and what is valid. No I/O but
+  the existence of an explicit `path`."""
+  c = config_data
+  _choice('source', c.source, SOURCES)
+  _choice('preprocess', c.preprocess, PREPROCESSINGS)
+  _choice('resize_method', c.resize_method, RESIZE_METHODS)
+  _choice('link_mode', c.link_mode, LINK_MODES)
+  _choice('augment.fill_mode', c.augment.fill_mode, FILL_MODES)
+  if c.path and not pathlib.Path(os.path.expanduser(c.path)).exists():
+    raise ValueError(f'data.path={c.path!r} does not exist; point it at the data set '
+                     '(for Animals-10 the folder holding raw-img/) or leave it empty to search')
+  if c.source == 'folder' and not c.path:
+    raise ValueError("data.path is empty but data.source='folder' needs the class-folder root")
+  classes = tuple(c.classes)
+  if c.source != 'synthetic':
+    if not all(isinstance(x, str) and x for x in classes):
+      raise ValueError(f'data.classes={classes!r} must be non-empty strings')
+    if len(set(classes)) != len(classes):
+      raise ValueError(f'data.classes={classes!r} has duplicates')
+    if c.source in ('animals10', 'tfds') and len(classes) < 2:
+      raise ValueError(f'data.classes={classes!r} needs at least two classes')
+  _number('images_per_class', c.images_per_class, 1, integer=True)
+  _number('validation_fraction', c.validation_fraction, 0.0, 0.99)
+  if math.floor(c.images_per_class * c.validation_fraction + 0.5) >= c.images_per_class:
+    raise ValueError(f'data.validation_fraction={c.validation_fraction} leaves no training '
+                     f'images of data.images_per_class={c.images_per_class}')
+  _number('test_per_class', c.test_per_class, -1, integer=True)
+  _number('split_seed', c.split_seed, 0, integer=True)
+  _number('image_size', c.image_size, 8, 4096, integer=True)
+  _number('synthetic.num_classes', c.synthetic.num_classes, 2, 8, integer=True)
+  _number('synthetic.images_per_class', c.synthetic.images_per_class, 2, integer=True)
+  _number('synthetic.test_per_class', c.synthetic.test_per_class, 0, integer=True)
+  _number('synthetic.image_size', c.synthetic.image_size, 32, 1024, integer=True)
+  _number('synthetic.seed', c.synthetic.seed, 0, integer=True)
+  a = c.augment
+  _number('augment.rotation_range', a.rotation_range, 0, 180)
+  _number('augment.width_shift_range', a.width_shift_range, 0)
+  _number('augment.height_shift_range', a.height_shift_range, 0)
+  _number('augment.shear_range', a.shear_range, 0, 89)
+  _number('augment.zoom_range', a.zoom_range, 0, 0.99)
+  _number('augment.cval', a.cval)
+  _number('num_parallel_calls', c.num_parallel_calls, -1, integer=True)
+  if c.num_parallel_calls == 0:
+    raise ValueError('data.num_parallel_calls=0 is not valid; use -1 (AUTOTUNE) or >= 1')
+  _number('prefetch', c.prefetch, -1, integer=True)
+  _number('shuffle_buffer', c.shuffle_buffer, 0, integer=True)
+  _number('cache_decoded_mib', c.cache_decoded_mib, 0)

@@ -1,0 +1,312 @@
+"""Turns a class-folder source into the seed's structured subset, deterministically.
+
+    out/train/<class>/*        images_per_class * (1 - validation_fraction) per class
+    out/validation/<class>/*   images_per_class * validation_fraction per class
+    out/test/<class>/*         the class's remaining images (capped by test_per_class)
+    out/manifest.json          source, classes, arguments, every file with its source path,
+                               size and sha256, skipped files with the reason
+
+Choice: per class, the usable files' names are sorted, then permuted with numpy's PCG64
+seeded by (seed, crc32(class name)); the first images_per_class form the subset (the first
+images_per_class * validation_fraction (rounded half up) of them validation), the rest the test split.
+Same files and seed give the same split on any machine.
+
+Every candidate is validated once (`data.imagecheck`): unusable files are skipped and
+reported; files TensorFlow would not decode as PIL does get a normalised RGB PNG copy.
+The source is never modified. The manifest is written last (temp file + rename): a folder
+without one is an interrupted run and is redone.
+
+CLI: python -m data.restructure --source PATH|synthetic --out DIR [--classes dog,horse] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import zlib
+from typing import Callable
+
+import numpy as np
+
+from data import imagecheck
+from data import sources
+
+MANIFEST = 'manifest.json'
+MARKER = '.restructure-in-progress.json'
+SPLITS = ('train', 'validation', 'test')
+FORMAT = 1
+
+
+def _class_rng(seed: int, name: str) -> np.random.Generator:
+  return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+      [int(seed), zlib.crc32(name.encode('utf-8'))])))
+
+
+def _list_class(folder: pathlib.Path) -> tuple[list[str], list[str]]:
+  """(image candidates, other files) as sorted paths relative to `folder`."""
+  images, other = [], []
+  for p in folder.rglob('*'):
+    if p.name.startswith('.') or not p.is_file():
+      continue
+    rel = p.relative_to(folder).as_posix()
+    (images if p.suffix.lower() in imagecheck.IMAGE_EXTENSIONS else other).append(rel)
+  return sorted(images), sorted(other)
+
+
+def _args(source: sources.Source, images_per_class, validation_fraction, test_per_class, seed,
+          link_mode) -> dict:
+  return {'format': FORMAT, 'source_kind': source.kind, 'source_root': str(source.root),
+          'classes': [list(c) for c in source.classes],
+          'images_per_class': int(images_per_class),
+          'validation_fraction': float(validation_fraction),
+          'test_per_class': int(test_per_class), 'seed': int(seed), 'link_mode': link_mode}
+
+
+def split_sizes(images_per_class: int, validation_fraction: float) -> tuple[int, int]:
+  """(train, validation) images per class; validation rounded half up (5 * 0.1 -> 1)."""
+  n_val = int(math.floor(images_per_class * validation_fraction + 0.5))
+  return images_per_class - n_val, n_val
+
+
+def _remove_written(out: pathlib.Path, manifest: dict) -> None:
+  """Deletes what a manifest says was written (and then-empty split folders), nothing else."""
+  for split in SPLITS:
+    for entry in manifest['splits'].get(split, []):
+      p = out / entry['path']
+      if p.is_symlink() or p.exists():
+        p.unlink()
+  for split in SPLITS:
+    for d in sorted((out / split).glob('*'), reverse=True) if (out / split).is_dir() else []:
+      if d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+    if (out / split).is_dir() and not any((out / split).iterdir()):
+      (out / split).rmdir()
+  (out / MANIFEST).unlink(missing_ok=True)
+
+
+def _changed_keys(old: dict, new: dict) -> str:
+  keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys)
+
+
+def _intact(out: pathlib.Path, manifest: dict) -> bool:
+  return all(os.path.exists(out / e['path']) for s in SPLITS for e in manifest['splits'][s])
+
+
+def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_class: int,
+                validation_fraction: float = 0.1, test_per_class: int = -1, seed: int = 0,
+                link_mode: str = 'symlink', overwrite: bool = False,
+                log: Callable[[str], None] = print, workers: int | None = None,
+                check_cache: str | pathlib.Path | None = 'default') -> dict:
+  """Writes the subset of `source` into `out` (see module doc); returns the manifest.
+
+  Args:
+    source: the class-folder tree (`data.sources`); its class names name the output folders.
+    out: output folder; created.
+    images_per_class: train + validation images per class.
+    validation_fraction: fraction of images_per_class for validation.
+    test_per_class: -1 = every remaining usable image into test/, 0 = no test split, else cap.
+    seed: choice seed.
+    link_mode: 'symlink' (absolute links to the source files) or 'copy'.
+    overwrite: replace an existing output made with different arguments (removing only the
+      files its manifest lists).
+    log: where the report goes.
+    workers: validation threads.
+    check_cache: validation cache file ('default': under the cache dir; None: no cache).
+
+  Raises:
+    ValueError: too few usable images, bad arguments.
+    FileExistsError: `out` holds another subset (and not overwrite) or foreign files.
+  """
+  if link_mode not in ('symlink', 'copy'):
+    raise ValueError(f"link_mode={link_mode!r} is not valid; valid: symlink, copy")
+  n_train, n_val = split_sizes(images_per_class, validation_fraction)
+  if images_per_class < 1 or n_train < 1:
+    raise ValueError(f'images_per_class={images_per_class} with validation_fraction='
+                     f'{validation_fraction} leaves no training images')
+  out = pathlib.Path(out)
+  args = _args(source, images_per_class, validation_fraction, test_per_class, seed, link_mode)
+  manifest_path = out / MANIFEST
+  if manifest_path.exists():
+    old = json.loads(manifest_path.read_text())
+    if old.get('args') == args and _intact(out, old):
+      log(f'Subset already in {out} (same arguments): nothing to do.')
+      return old
+    if old.get('args') != args and not overwrite:
+      raise FileExistsError(
+          f'{out} holds a subset made with other arguments ({_changed_keys(old["args"], args)}); '
+          'choose another output folder (data.dir / --out) or pass overwrite=True '
+          '(--overwrite), which removes only the files it wrote')
+    log(f'Removing the previous subset in {out} ({"overwrite" if overwrite else "damaged"}).')
+    _remove_written(out, old)
+  elif (out / MARKER).exists():
+    log(f'{out}: an earlier restructuring was interrupted; redoing it.')
+    for split in SPLITS:
+      shutil.rmtree(out / split, ignore_errors=True)  # Only ours: the marker says so.
+  elif out.exists() and any(out.iterdir()):
+    raise FileExistsError(f'{out} is not empty and was not written by data.restructure; '
+                          'choose an empty or new output folder')
+  out.mkdir(parents=True, exist_ok=True)
+  (out / MARKER).write_text(json.dumps(args))
+
+  # List and validate every candidate of every class, once, in parallel.
+  listed = {}
+  for name, folder in source.classes:
+    d = source.root / folder
+    if not d.is_dir():
+      raise FileNotFoundError(f'class {name!r}: folder {d} does not exist')
+    listed[name] = _list_class(d)
+  folder_of = dict(source.classes)
+  candidates = [(name, rel) for name, (imgs, _) in listed.items() for rel in imgs]
+  checks = imagecheck.check_many([source.root / folder_of[n] / r for n, r in candidates],
+                                 workers=workers, cache_path=check_cache)
+  by_class: dict[str, list[tuple[str, imagecheck.Check]]] = {n: [] for n, _ in source.classes}
+  skipped, ignored = [], []
+  for (name, rel), chk in zip(candidates, checks):
+    if chk.ok:
+      by_class[name].append((rel, chk))
+    else:
+      skipped.append({'source': f'{folder_of[name]}/{rel}', 'reason': chk.reason})
+  for name, (_, other) in listed.items():
+    ignored += [f'{folder_of[name]}/{rel}' for rel in other]
+
+  # Choose, per class.
+  chosen: dict[str, list] = {s: [] for s in SPLITS}
+  for label, (name, folder) in enumerate(source.classes):
+    usable = by_class[name]  # Sorted by name already.
+    if len(usable) < images_per_class:
+      bad = sum(1 for s in skipped if s['source'].startswith(folder + '/'))
+      raise ValueError(
+          f'class {name!r} ({source.root / folder}) has {len(usable)} usable images '
+          f'({bad} skipped as invalid) but images_per_class={images_per_class} was asked for; '
+          f'use at most {len(usable)}')
+    order = _class_rng(seed, name).permutation(len(usable))
+    test_end = len(usable) if test_per_class < 0 else images_per_class + test_per_class
+    parts = {'validation': order[:n_val], 'train': order[n_val:images_per_class],
+             'test': order[images_per_class:test_end]}
+    for split, idx in parts.items():
+      for i in sorted(idx, key=lambda i: usable[i][0]):
+        rel, chk = usable[i]
+        chosen[split].append((label, name, folder, rel, chk))
+
+  # Materialise.
+  splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+  normalised = []
+  for split in SPLITS:
+    for label, name, folder, rel, chk in chosen[split]:
+      src = source.root / folder / rel
+      flat = rel.replace('/', '__')
+      if chk.tf_ok:
+        dst_rel = f'{split}/{name}/{flat}'
+      else:
+        dst_rel = f'{split}/{name}/{flat}.png'
+      dst = out / dst_rel
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      if dst.is_symlink() or dst.exists():
+        dst.unlink()
+      entry = {'path': dst_rel, 'source': f'{folder}/{rel}', 'label': label,
+               'size': chk.size, 'sha256': chk.sha256, 'width': chk.width,
+               'height': chk.height}
+      if not chk.tf_ok:
+        imagecheck.normalise(src, dst)
+        entry['stored'] = 'normalised'
+        entry['stored_sha256'] = hashlib.sha256(dst.read_bytes()).hexdigest()
+        entry['original'] = f'{chk.format} {chk.mode}'
+        normalised.append(entry['source'])
+      elif link_mode == 'symlink':
+        os.symlink(src.resolve(), dst)
+        entry['stored'] = 'symlink'
+      else:
+        shutil.copyfile(src, dst)
+        entry['stored'] = 'copy'
+      splits[split].append(entry)
+
+  manifest = {
+      'format': FORMAT,
+      'source': {'kind': source.kind, 'root': str(source.root),
+                 'description': source.description, 'is_synthetic': source.is_synthetic},
+      'classes': [name for name, _ in source.classes],
+      'class_folders': {name: folder for name, folder in source.classes},
+      'args': args,
+      'num_examples': {s: len(v) for s, v in splits.items()},
+      'splits': splits,
+      'skipped': skipped,
+      'ignored': ignored,
+      'normalised': normalised,
+  }
+  tmp = out / f'.{MANIFEST}.{os.getpid()}.tmp'
+  tmp.write_text(json.dumps(manifest, indent=1))
+  os.replace(tmp, manifest_path)
+  (out / MARKER).unlink(missing_ok=True)
+  _report(manifest, out, log)
+  return manifest
+
+
+def _report(manifest: dict, out: pathlib.Path, log: Callable[[str], None]) -> None:
+  counts = {s: {} for s in SPLITS}
+  for s in SPLITS:
+    for e in manifest['splits'][s]:
+      name = manifest['classes'][e['label']]
+      counts[s][name] = counts[s].get(name, 0) + 1
+  log(f'Restructured {manifest["source"]["description"]} into {out}:')
+  for s in SPLITS:
+    log(f'  {s:10s} {len(manifest["splits"][s]):6d}  '
+        + ', '.join(f'{k} {v}' for k, v in counts[s].items()))
+  for what, items in (('skipped (unusable)', [f'{x["source"]} ({x["reason"]})'
+                                              for x in manifest['skipped']]),
+                      ('normalised to RGB PNG', manifest['normalised']),
+                      ('ignored (not an image extension)', manifest['ignored'])):
+    if items:
+      shown = '; '.join(items[:20]) + (f'; ... {len(items) - 20} more' if len(items) > 20 else '')
+      log(f'  {what}: {len(items)}: {shown}')
+
+
+def manifest_sha256(root: str | os.PathLike) -> str:
+  return hashlib.sha256((pathlib.Path(root) / MANIFEST).read_bytes()).hexdigest()
+
+
+def _source_from_arg(value: str, classes: tuple[str, ...]) -> sources.Source:
+  if value == 'synthetic':
+    from data import config, synthetic
+    return synthetic.source(config.get_config().synthetic)
+  raw_img = sources.find_raw_img(value)
+  if raw_img is not None:
+    return sources.animals10_source(raw_img, classes or ('dog', 'horse'), 'command line')
+  return sources.folder_source(value, classes)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog='python -m data.restructure', description=__doc__.split(
+      '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--source', required=True, help="Animals-10 folder (holding raw-img/ or "
+                 "raw-img itself), any class-folder root, or 'synthetic'")
+  p.add_argument('--out', required=True, help='output folder')
+  p.add_argument('--classes', default='', help='comma-separated class names (Animals-10: '
+                 'English or Italian; default dog,horse there, all folders otherwise)')
+  p.add_argument('--images-per-class', type=int, default=500)
+  p.add_argument('--validation-fraction', type=float, default=0.1)
+  p.add_argument('--test-per-class', type=int, default=-1, help='-1: all the rest; 0: none')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--link-mode', choices=('symlink', 'copy'), default='symlink')
+  p.add_argument('--overwrite', action='store_true')
+  a = p.parse_args(argv)
+  classes = tuple(c for c in a.classes.split(',') if c)
+  try:
+    src = _source_from_arg(a.source, classes)
+    restructure(src, a.out, images_per_class=a.images_per_class,
+                validation_fraction=a.validation_fraction, test_per_class=a.test_per_class,
+                seed=a.seed, link_mode=a.link_mode, overwrite=a.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
