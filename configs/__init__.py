@@ -1,0 +1,1 @@
+"""ml-collections configs: `default` (every knob), `dog_horse` (the seed recipe), `ablations`."""

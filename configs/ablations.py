@@ -1,0 +1,85 @@
+"""Ablations of the seed recipe (configs/dog_horse.py), one variant per run.
+
+    python -m inception.ablations --config configs/ablations.py --workdir workdirs/ablations \\
+        [--variants baseline,cut_mixed5] [--seeds 0,1,2]
+    python train.py --config configs/ablations.py:variant=head_gap,seed=1   # one variant
+
+Arg keys (all optional): variant (a name from `get_variants()`), seed, base ('dog_horse' or
+'smoke': the tiny synthetic recipe, for tests), and direct overrides applied after the
+variant: cut, head, dropout, augment, preprocess, weights, images_per_class, epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from configs import common
+
+UNFREEZE_MIXED7 = (('^backbone/mixed7/', 0.1), ('^backbone/', 0.0), ('.*', 1.0))
+
+
+def get_variants() -> dict[str, dict[str, Any]]:
+  """Variant name -> {'section.key': value} overrides of the base config."""
+  v: dict[str, dict[str, Any]] = {'baseline': {}}
+  for cut in ('mixed5', 'mixed6', 'mixed10'):  # mixed7 is the baseline
+    v[f'cut_{cut}'] = {'model.cut': cut}
+  v['head_gap'] = {'model.head': 'gap'}
+  for rate in (0.0, 0.5):  # 0.2 is the baseline
+    v[f'dropout_{rate:g}'] = {'model.dropout': rate}
+  v['no_augment'] = {'data.augment.enabled': False}
+  v['preprocess_inception'] = {'data.preprocess': 'inception'}
+  v['weights_keras'] = {'model.weights': 'keras'}
+  v['weights_random'] = {'model.weights': 'random'}
+  for n in (50, 100):  # 500 is the baseline
+    v[f'images_{n}'] = {'data.images_per_class': n}
+  # Fine-tune the top block at a tenth of the lr, its BatchNorm in training mode.
+  v['unfreeze_mixed7'] = {'optimizer.param_rules': UNFREEZE_MIXED7,
+                          'model.batchnorm_train_blocks': ('mixed7',)}
+  return v
+
+
+_ARG_KEYS = {'cut': 'model.cut', 'head': 'model.head', 'dropout': 'model.dropout',
+             'augment': 'data.augment.enabled', 'preprocess': 'data.preprocess',
+             'weights': 'model.weights', 'images_per_class': 'data.images_per_class',
+             'epochs': 'train.epochs'}
+_UNSET = {'cut': '', 'head': '', 'dropout': -1.0, 'augment': '', 'preprocess': '', 'weights': '',
+          'images_per_class': 0, 'epochs': 0}
+
+
+def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """config['a']['b']['c'] = value for 'a.b.c'; KeyError names an unknown key."""
+  *parents, last = dotted.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  if last not in node:
+    raise KeyError(f'Ablation override {dotted!r}: no such config key')
+  node[last] = value
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, variant='baseline', seed=0, base='dog_horse', **_UNSET)
+  variants = get_variants()
+  if a.variant not in variants:
+    raise ValueError(f'Unknown ablation variant {a.variant!r}; valid: {", ".join(variants)}')
+  if a.base == 'dog_horse':
+    from configs import dog_horse as base  # pylint: disable=g-import-not-at-top
+  elif a.base == 'smoke':
+    from configs import smoke as base  # pylint: disable=g-import-not-at-top
+  else:
+    raise ValueError(f'Config arg base={a.base!r} is not valid; valid: dog_horse, smoke')
+  c = base.get_config()
+  c.seed = a.seed
+  for dotted, value in variants[a.variant].items():
+    set_path(c, dotted, value)
+  if a.base == 'smoke' and 'data.images_per_class' in variants[a.variant]:
+    c.data.synthetic.images_per_class = variants[a.variant]['data.images_per_class']
+  for key, dotted in _ARG_KEYS.items():
+    value = a[key]
+    if value != _UNSET[key]:
+      if key == 'augment':
+        value = common._convert('augment', value, True)  # pylint: disable=protected-access
+      set_path(c, dotted, value)
+  return c

@@ -1,0 +1,104 @@
+"""Every knob of a training run, with its default and meaning.
+
+    python train.py --config configs/default.py [--config.optimizer.lr=3e-4 ...]
+
+Sections: seed, data (owned by the `data` package: `data.config.get_config()`), model,
+optimizer, train, checkpoint, eval. `configs/validate.py` checks a config before any heavy work.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+import data.config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The default config. Takes no arg (kept for a uniform `get_config(arg)` signature)."""
+  if arg:
+    raise ValueError(f'configs/default.py takes no config arg, got {arg!r}')
+  c = ml_collections.ConfigDict()
+  # Base seed: parameter init (head + random backbones), data order and augmentation, dropout.
+  c.seed = 0
+  # Data: source, classes, split, image size, preprocessing, augmentation (see data/config.py).
+  c.data = data.config.get_config()
+
+  c.model = ml_collections.ConfigDict()
+  # Backbone endpoint to cut at: one of inception.model.ENDPOINTS except 'predictions'
+  # (stem, mixed0..mixed10, avg_pool). The seed notebook: 'mixed7'.
+  c.model.cut = 'mixed7'
+  # Backbone weights: 'tf2015' (the 2015 TF graph), 'keras' (Keras applications no-top),
+  # 'keras_top', 'random' (random init, no file), or a path to a weights file for
+  # inception.weights.load.
+  c.model.weights = 'tf2015'
+  # Head input: 'flatten' (Keras Flatten, the seed) or 'gap' (global average pool).
+  c.model.head = 'flatten'
+  # Units of the hidden Dense(relu) layer of the head; 0 = no hidden layer.
+  c.model.dense_units = 1024
+  # Dropout rate before the output layer (training only), in [0, 1).
+  c.model.dropout = 0.2
+  # Compute dtype: 'float32' or 'bfloat16' (mixed precision for GPU/TPU). Parameters,
+  # optimizer state, logits and loss stay float32.
+  c.model.dtype = 'float32'
+  # Backbone blocks (from inception.model.BLOCKS) whose BatchNorm runs in training mode
+  # (batch statistics, running averages updated). Empty: every BatchNorm uses its running
+  # statistics, as a frozen Keras backbone does. Usually the blocks unfrozen by param_rules.
+  c.model.batchnorm_train_blocks = ()
+
+  c.optimizer = ml_collections.ConfigDict()
+  # 'rmsprop' (Keras semantics: eps outside the sqrt, accumulator starts at 0), 'adam', 'sgd'.
+  c.optimizer.name = 'rmsprop'
+  # Base learning rate, constant.
+  c.optimizer.lr = 1e-3
+  # RMSprop decay of the squared-gradient average (Keras' rho).
+  c.optimizer.rho = 0.9
+  # Numerical epsilon (Keras' default 1e-7).
+  c.optimizer.epsilon = 1e-7
+  # RMSprop only: True = lr * g / sqrt(v + eps), tf_keras.optimizers.RMSprop (TF >= 2.11, the
+  # Keras our side-by-side comparisons run); False = lr * g / (sqrt(v) + eps), tf.keras
+  # OptimizerV2 without momentum (TF 2.0-2.10, the notebook's era). With eps 1e-7 the two
+  # differ only while v is tiny.
+  c.optimizer.eps_in_sqrt = True
+  # Momentum for rmsprop/sgd; 0 = none.
+  c.optimizer.momentum = 0.0
+  # Ordered (regex, lr multiplier) rules over '/'-joined param paths such as
+  # 'backbone/mixed7/branch1x1/conv/kernel' or 'head/dense/kernel'. The first match wins;
+  # multiplier 0.0 = frozen (no gradient, no optimizer state). Every param must match a rule.
+  # Unfreeze mixed7 at a tenth of the lr: (('^backbone/mixed7/', 0.1), ('^backbone/', 0.0),
+  # ('.*', 1.0)).
+  c.optimizer.param_rules = (('^backbone/', 0.0), ('.*', 1.0))
+
+  c.train = ml_collections.ConfigDict()
+  # Epochs; one epoch = data.steps_per_epoch(info, batch_size) steps (num_train // batch).
+  c.train.epochs = 10
+  # Global batch size (over all devices and hosts); must divide by the device count.
+  c.train.batch_size = 20
+  # Loss: 'auto' = binary cross-entropy from one logit for 2 classes (Keras Dense(1,
+  # sigmoid) + binary_crossentropy, computed stably), softmax cross-entropy for > 2.
+  c.train.loss = 'auto'
+  # A non-finite loss or gradient: 'stop' (report the step, keep the last good checkpoint,
+  # exit non-zero) or 'skip' (drop that batch's update and go on).
+  c.train.on_nonfinite = 'stop'
+  # Steps between progress/metric syncs with the host (train metrics stay on device between).
+  c.train.log_every_steps = 5
+  # Evaluate on the validation split every this many epochs (and always after the last).
+  c.train.eval_every_epochs = 1
+  # Batches prefetched onto the devices ahead of the train step.
+  c.train.prefetch_to_device = 2
+
+  c.checkpoint = ml_collections.ConfigDict()
+  # Also save every this many steps; 0 = only at epoch ends.
+  c.checkpoint.every_steps = 0
+  # Save at the end of every epoch.
+  c.checkpoint.every_epoch = True
+  # Checkpoints kept in <workdir>/checkpoints (the newest ones).
+  c.checkpoint.keep = 3
+  # Keep the best checkpoint by validation accuracy in <workdir>/best.
+  c.checkpoint.keep_best = True
+  # Save asynchronously (training continues while the files are written).
+  c.checkpoint.async_save = True
+
+  c.eval = ml_collections.ConfigDict()
+  # Batch size of evaluation and prediction; must divide by the device count.
+  c.eval.batch_size = 40
+  return c

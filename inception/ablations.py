@@ -1,0 +1,127 @@
+"""Runs ablation variants x seeds, each in its own workdir, and writes one results table.
+
+    python -m inception.ablations --config configs/ablations.py --workdir workdirs/ablations \\
+        [--variants baseline,head_gap] [--seeds 0,1,2]
+
+`--config` may carry extra args for every run (`configs/ablations.py:base=smoke,epochs=1`);
+the runner adds `variant=...,seed=...`. A run whose workdir has summary.json is not redone:
+its results are read back. Writes <workdir>/results.md and results.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+COLUMNS = ('variant', 'seed', 'best_val_accuracy', 'best_val_loss', 'final_val_accuracy',
+           'final_val_loss', 'train_accuracy', 'train_loss', 'test_accuracy', 'epochs',
+           'wall_time_s', 'synthetic')
+
+
+def load_config_module(path: str):
+  """The module of a config file path."""
+  spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f'--config {path} is not a Python file')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _row(variant: str, seed: int, summary: dict) -> dict:
+  best = summary.get('best_validation') or {}
+  test = summary.get('test') or {}
+  return {'variant': variant, 'seed': seed,
+          'best_val_accuracy': best.get('accuracy'), 'best_val_loss': best.get('loss'),
+          'final_val_accuracy': summary['final_validation']['accuracy'],
+          'final_val_loss': summary['final_validation']['loss'],
+          'train_accuracy': summary['final_train']['accuracy'],
+          'train_loss': summary['final_train']['loss'],
+          'test_accuracy': test.get('accuracy'), 'epochs': summary['epochs'],
+          'wall_time_s': summary['wall_time_s'], 'synthetic': summary['synthetic']}
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return ''
+  if isinstance(v, float):
+    return f'{v:.4f}' if abs(v) < 100 else f'{v:.0f}'
+  return str(v)
+
+
+def write_tables(rows: Sequence[dict], workdir: Path) -> None:
+  with open(workdir / 'results.csv', 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+  lines += ['| ' + ' | '.join(_fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
+  if any(r['synthetic'] for r in rows):
+    lines.insert(0, '**SYNTHETIC DATA in some runs (synthetic=True): not Animals-10.**\n')
+  (workdir / 'results.md').write_text('\n'.join(lines) + '\n')
+
+
+def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None = None,
+        seeds: Sequence[int] = (0,), log: Callable[[str], None] = print,
+        progress_bars: bool = True) -> list[dict]:
+  """Trains every (variant, seed) not yet finished; returns and writes the results rows."""
+  from inception import trainer  # pylint: disable=g-import-not-at-top
+  path, _, extra = config_path.partition(':')
+  module = load_config_module(path)
+  all_variants = module.get_variants()
+  variants = list(variants or all_variants)
+  unknown = [v for v in variants if v not in all_variants]
+  if unknown:
+    raise ValueError(f'--variants {unknown} unknown; valid: {", ".join(all_variants)}')
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for variant in variants:
+    for seed in seeds:
+      run_dir = workdir / f'{variant}_seed{seed}'
+      done = run_dir / 'summary.json'
+      if done.exists():
+        log(f'[ablations] {variant} seed {seed}: finished earlier, reading {done}')
+        summary = json.loads(done.read_text())
+      else:
+        arg = ','.join(x for x in (f'variant={variant}', f'seed={seed}', extra) if x)
+        log(f'[ablations] {variant} seed {seed}: training in {run_dir} ({path}:{arg})')
+        t = time.time()
+        summary = trainer.train(module.get_config(arg), run_dir, log=log,
+                                progress_bars=progress_bars)
+        log(f'[ablations] {variant} seed {seed}: done in {time.time() - t:.0f} s')
+      rows.append(_row(variant, seed, summary))
+      write_tables(rows, workdir)  # partial results survive an interruption
+  log((workdir / 'results.md').read_text())
+  return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--config', default='configs/ablations.py')
+  p.add_argument('--workdir', default='workdirs/ablations')
+  p.add_argument('--variants', default='', help='comma-separated names (default: all)')
+  p.add_argument('--seeds', default='0', help='comma-separated ints')
+  p.add_argument('--noprogress', action='store_true')
+  a = p.parse_args(argv)
+  try:
+    seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
+  except ValueError:
+    p.error(f'--seeds={a.seeds!r} must be comma-separated integers')
+  variants = [v.strip() for v in a.variants.split(',') if v.strip()] or None
+  try:
+    run(a.config, a.workdir, variants=variants, seeds=seeds, progress_bars=not a.noprogress)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,152 @@
+"""Orbax checkpoints of a run, the best-model checkpoint, and the workdir lock.
+
+Layout of a workdir:
+    checkpoints/<step>/{model,opt,meta}   last `keep` checkpoints (every N steps / every epoch)
+    best/<step>/{model,opt,meta}          the single best one by validation accuracy
+    .lock                                 held (fcntl.flock) by the running process
+
+Items: 'model' = {'params', 'batch_stats'} (ALL params, frozen ones too, so a checkpoint is
+self-contained: evaluation and prediction need no weights file, and a changed weights cache
+can't silently change a resumed run; the frozen part of mixed7 is ~36 MB), 'opt' =
+{'opt_state'} (restored only to resume training), 'meta' = JSON (step, epoch, metrics, weights
+provenance). The data order and dropout keys are functions of the step, so the step is all the
+input-pipeline position there is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from inception import steps as steps_lib
+
+
+class NoCheckpointError(FileNotFoundError):
+  """No usable checkpoint in a directory."""
+
+
+class WorkdirLock:
+  """Exclusive lock on `<workdir>/.lock`; released when the process exits (even if killed)."""
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = Path(workdir) / '.lock'
+    self._fd: int | None = None
+
+  def acquire(self) -> 'WorkdirLock':
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
+      os.close(fd)
+      raise RuntimeError(f'Workdir {self.path.parent} is in use by another run (pid {holder}; '
+                         f'lock {self.path}). Wait for it to finish or use another --workdir.'
+                         ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def manager(directory: str | os.PathLike, keep: int, *, async_save: bool = True
+            ) -> ocp.CheckpointManager:
+  """CheckpointManager over `directory` keeping the last `keep` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                               item_names=('model', 'opt', 'meta'))
+
+
+def save(mngr: ocp.CheckpointManager, state: steps_lib.TrainState, meta: dict) -> None:
+  """Saves `state` at its step (asynchronously; `mngr.wait_until_finished()` to block)."""
+  step = int(jax.device_get(state.step))
+  meta = {**meta, 'step': step}
+  if step in mngr.all_steps():
+    # Only after falling back past a damaged checkpoint: replace the damaged one.
+    mngr.delete(step)
+  mngr.save(step, args=ocp.args.Composite(
+      model=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
+      opt=ocp.args.StandardSave({'opt_state': state.opt_state}),
+      meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def _abstract(tree: Any, sharding: Any) -> Any:
+  def one(x):
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+  return jax.tree.map(one, tree)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state: steps_lib.TrainState | None = None, *,
+            abstract_model: dict | None = None, step: int | None = None, sharding: Any = None,
+            log: Callable[[str], None] = print) -> tuple[Any, dict]:
+  """Restores the newest readable checkpoint (or exactly `step`).
+
+  Pass `abstract_state` (a TrainState of arrays or ShapeDtypeStructs) to get a full TrainState
+  back for resuming, or `abstract_model` ({'params', 'batch_stats'}) to restore only the model
+  (no optimizer state; for evaluation). Arrays are placed with `sharding` (e.g. replicated).
+  A damaged newest checkpoint is reported and the previous one tried.
+
+  Returns:
+    (TrainState or {'params', 'batch_stats'}, meta dict).
+  Raises:
+    NoCheckpointError: nothing usable (or `step` missing/damaged).
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise NoCheckpointError(f'No checkpoint for step {step} in {mngr.directory}; available: '
+                              f'{sorted(steps)}')
+    steps = [step]
+  if not steps:
+    raise NoCheckpointError(f'No checkpoint in {mngr.directory}')
+  errors = []
+  for s in steps:
+    try:
+      if abstract_state is not None:
+        model_t = {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}
+        args = ocp.args.Composite(
+            model=ocp.args.StandardRestore(_abstract(model_t, sharding)),
+            opt=ocp.args.StandardRestore(
+                _abstract({'opt_state': abstract_state.opt_state}, sharding)),
+            meta=ocp.args.JsonRestore())
+      else:
+        args = ocp.args.Composite(
+            model=ocp.args.StandardRestore(_abstract(abstract_model, sharding)),
+            meta=ocp.args.JsonRestore())
+      out = mngr.restore(s, args=args)
+      meta = dict(out['meta'])
+      if meta.get('step') != s:
+        raise ValueError(f'meta step {meta.get("step")} != directory step {s}')
+      if abstract_state is None:
+        return out['model'], meta
+      return steps_lib.TrainState(
+          step=jax.device_put(np.int32(s), sharding) if sharding is not None else np.int32(s),
+          params=out['model']['params'], batch_stats=out['model']['batch_stats'],
+          opt_state=out['opt']['opt_state']), meta
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure to read a step (truncated files, missing items) counts as damage.
+      msg = f'{type(e).__name__}: {str(e)[:300]}'
+      log(f'WARNING: checkpoint {mngr.directory}/{s} is damaged or unreadable ({msg}); '
+          f'trying an older one.')
+      errors.append((s, msg))
+  raise NoCheckpointError(f'No usable checkpoint in {mngr.directory}; tried steps '
+                          f'{[s for s, _ in errors]}: {errors[0][1]}')

@@ -1,0 +1,193 @@
+"""What a run shows and leaves behind: metrics.jsonl, TensorBoard events, progress bars,
+the seed notebook's final table, accuracy/loss curves and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class MetricsWriter:
+  """Appends {'step', 'epoch', 'split', ...metrics} lines to <workdir>/metrics.jsonl and writes
+  the same scalars as TensorBoard events under <workdir>/tensorboard/<split>."""
+
+  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+    self.path = Path(workdir) / 'metrics.jsonl'
+    self.tb_dir = Path(workdir) / 'tensorboard'
+    self._tb = tensorboard
+    self._writers: dict[str, Any] = {}
+
+  def write(self, split: str, step: int, epoch: int | None, metrics: dict[str, float]) -> None:
+    record = {'split': split, 'step': int(step), 'epoch': epoch,
+              **{k: float(v) for k, v in metrics.items()}}
+    with self.path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb:
+      self._write_tb(split, step, metrics)
+
+  def _write_tb(self, split: str, step: int, metrics: dict[str, float]) -> None:
+    if split not in self._writers:
+      self._writers[split] = EventFileWriter(self.tb_dir / split)
+    self._writers[split].scalars(step, metrics)
+
+  def close(self) -> None:
+    for w in self._writers.values():
+      w.close()
+    self._writers.clear()
+
+
+class EventFileWriter:
+  """TensorBoard scalar event files, written with TF's protos and TFRecord framing only.
+
+  `tf.summary.scalar` needs the `tensorboard` package, which tensorflow-cpu does not pull in;
+  the event file format is just TFRecords of `Event` protos, so we write those directly.
+  """
+
+  def __init__(self, logdir: str | os.PathLike):
+    import socket  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # already used by tf.data
+    from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+    Path(logdir).mkdir(parents=True, exist_ok=True)
+    self._event_pb2 = event_pb2
+    self.path = Path(logdir) / f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
+    self._writer = tf.io.TFRecordWriter(str(self.path))
+    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event) -> None:
+    self._writer.write(event.SerializeToString())
+    self._writer.flush()
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    import time  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def read_events(path: str | os.PathLike) -> list[tuple[int, str, float]]:
+  """(step, tag, value) of the scalars in one event file (for tests and quick looks)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+    e = event_pb2.Event.FromString(raw)
+    for v in e.summary.value:
+      out.append((e.step, v.tag, v.simple_value))
+  return out
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """Records of <workdir>/metrics.jsonl; for a resumed run the last record per (split, step)."""
+  path = Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  by_key: dict[tuple, dict] = {}
+  for line in path.read_text().splitlines():
+    if line.strip():
+      r = json.loads(line)
+      by_key[(r['split'], r['step'])] = r
+  return sorted(by_key.values(), key=lambda r: (r['step'], r['split']))
+
+
+def epoch_history(records: Sequence[dict]) -> dict[str, dict[int, dict]]:
+  """{'train'|'validation': {epoch: record}} from the per-epoch records ('train_epoch', ...)."""
+  out: dict[str, dict[int, dict]] = {'train': {}, 'validation': {}}
+  for r in records:
+    if r['split'] == 'train_epoch':
+      out['train'][r['epoch']] = r
+    elif r['split'] == 'validation':
+      out['validation'][r['epoch']] = r
+  return out
+
+
+def seed_table(history: dict[str, dict[int, dict]]) -> str:
+  """The seed notebook's summary: training/validation accuracy and loss at the last epoch."""
+  if not history['train']:
+    return '(no completed epoch)'
+  last = max(history['train'])
+  tr = history['train'][last]
+  va = history['validation'].get(last, {})
+  fmt = lambda x: '   n/a' if x is None else f'{x:.4f}'
+  lines = [f'Epoch {last}', '             accuracy    loss',
+           f'training       {fmt(tr.get("accuracy"))}   {fmt(tr.get("loss"))}',
+           f'validation     {fmt(va.get("accuracy"))}   {fmt(va.get("loss"))}']
+  return '\n'.join(lines)
+
+
+def plot_history(history: dict[str, dict[int, dict]], path: str | os.PathLike,
+                 title: str = '') -> None:
+  """PNG with accuracy and loss per epoch, training vs validation (the notebook's plots)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top,unused-import
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ('accuracy', 'loss')):
+    for split, style in (('train', 'o-'), ('validation', 's--')):
+      ep = sorted(history[split])
+      ax.plot(ep, [history[split][e][key] for e in ep], style,
+              label=f'{"Training" if split == "train" else "Validation"} {key}')
+    ax.set_xlabel('epoch')
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(key)
+    ax.set_title(f'Training and validation {key}')
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    import textwrap  # pylint: disable=g-import-not-at-top
+    fig.suptitle(textwrap.shorten(title, 120), fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def save_confusion(confusion: np.ndarray, class_names: Sequence[str], stem: str | os.PathLike,
+                   title: str = '') -> dict:
+  """Writes <stem>.json and <stem>.png; rows are true classes, columns predicted classes."""
+  confusion = np.asarray(confusion, np.int64)
+  total = int(confusion.sum())
+  result = {'class_names': list(class_names), 'matrix': confusion.tolist(),
+            'accuracy': float(np.trace(confusion) / total) if total else math.nan,
+            'count': total}
+  Path(f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  k = len(class_names)
+  fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+  ax.imshow(confusion, cmap='Blues')
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, str(confusion[i, j]), ha='center', va='center',
+              color='white' if confusion[i, j] > confusion.max() / 2 else 'black')
+  ax.set_xticks(range(k), class_names, rotation=45 if k > 3 else 0)
+  ax.set_yticks(range(k), class_names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title or f'Confusion matrix (accuracy {result["accuracy"]:.4f}, n={total})')
+  fig.tight_layout()
+  fig.savefig(f'{stem}.png', dpi=100)
+  plt.close(fig)
+  return result
+
+
+def progress(total: int, desc: str, disable: bool = False):
+  """A tqdm bar (to stderr) for one epoch."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, desc=desc, unit='step', leave=True, dynamic_ncols=True,
+              disable=disable)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')

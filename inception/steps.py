@@ -1,0 +1,170 @@
+"""Train state, losses and the jitted train / eval / predict steps (pure functions of pytrees).
+
+Freezing: `mask` (from `inception.param_rules.trainable_mask`) splits the params into a trainable
+and a frozen part; the loss is differentiated with respect to the trainable part ONLY, so JAX
+never builds a backward pass through frozen layers (a fully frozen backbone costs one forward
+pass). Frozen params and frozen BatchNorm statistics are passed through untouched (bit-for-bit).
+
+Randomness: dropout uses `fold_in(base_key, step)`, so a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from inception import param_rules
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything needed to resume: step (int32 scalar), params, batch_stats, opt_state."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(variables['params']))
+
+
+def loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-example loss and correctness ([B] float32 each).
+
+  logits [B, 1]: binary cross-entropy from the logit (Keras' sigmoid + binary_crossentropy,
+  without its 1e-7 clipping); logits [B, K>1]: softmax cross-entropy. labels: int [B].
+  """
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    z = logits[:, 0]
+    loss = optax.sigmoid_binary_cross_entropy(z, labels.astype(jnp.float32))
+    pred = (z > 0).astype(jnp.int32)
+  else:
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return loss, (pred == labels).astype(jnp.float32)
+
+
+def probabilities(logits: jax.Array) -> jax.Array:
+  """[B, K] class probabilities (K = 2 for a 1-logit binary head)."""
+  if logits.shape[-1] == 1:
+    p1 = jax.nn.sigmoid(logits[:, 0].astype(jnp.float32))
+    return jnp.stack([1.0 - p1, p1], axis=-1)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _select(ok: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
+                    train_blocks: Collection[str] = (), guard_nonfinite: bool = True,
+                    state_sharding: Any = None, batch_sharding: Any = None,
+                    donate: bool = True) -> Callable:
+  """Jitted `step(state, batch, base_key) -> (state, metrics)`.
+
+  batch: {'image': float [B, H, W, 3], 'label': int [B]}. metrics: scalars 'loss', 'accuracy'
+  (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
+  update was then skipped when `guard_nonfinite`). With shardings given, the state is laid out
+  with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
+  """
+  train_blocks = tuple(train_blocks)
+
+  def step(state: TrainState, batch: dict, base_key: jax.Array):
+    trainable, frozen = param_rules.split(state.params, mask)
+    rng = jax.random.fold_in(base_key, state.step)
+
+    def loss_fn(trainable_params):
+      variables = {'params': param_rules.merge(trainable_params, frozen),
+                   'batch_stats': state.batch_stats}
+      if train_blocks:
+        logits, mutated = model.apply(variables, batch['image'], train=True,
+                                      train_blocks=train_blocks, rngs={'dropout': rng},
+                                      mutable=['batch_stats'])
+        stats = mutated['batch_stats']
+      else:
+        logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
+        stats = None
+      loss, correct = loss_and_correct(logits, batch['label'])
+      return loss.mean(), (correct.mean(), stats)
+
+    (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    # Frozen leaves need a gradient leaf for multi_transform's tree; set_to_zero drops it,
+    # and these constant zeros are dead code after compilation.
+    full_grads = param_rules.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+    new_trainable = optax.apply_updates(trainable, param_rules.split(updates, mask)[0])
+
+    batch_stats = state.batch_stats
+    if train_blocks:
+      # Keep only the trained blocks' statistics so every other one stays bit-for-bit.
+      backbone = dict(batch_stats['backbone'])
+      for block in train_blocks:
+        backbone[block] = stats['backbone'][block]
+      batch_stats = {**batch_stats, 'backbone': backbone}
+
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    if guard_nonfinite:
+      new_trainable = _select(finite, new_trainable, trainable)
+      opt_state = _select(finite, opt_state, state.opt_state)
+      batch_stats = _select(finite, batch_stats, state.batch_stats)
+    new_state = TrainState(step=state.step + 1,
+                           params=param_rules.merge(new_trainable, frozen),
+                           batch_stats=batch_stats, opt_state=opt_state)
+    metrics = {'loss': loss, 'accuracy': acc, 'nonfinite': (~finite).astype(jnp.int32)}
+    return new_state, metrics
+
+  kwargs = {}
+  if state_sharding is not None:
+    kwargs = dict(in_shardings=(state_sharding, batch_sharding, state_sharding),
+                  out_shardings=(state_sharding, state_sharding))
+  return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
+
+
+def make_eval_step(model: nn.Module, num_classes: int, *, replicated: Any = None,
+                   batch_sharding: Any = None) -> Callable:
+  """Jitted `eval_step(variables, batch) -> sums`.
+
+  batch: {'image', 'label', 'mask': bool [B]} (padded examples have mask False).
+  sums: 'loss' and 'correct' summed over real examples, 'count', and 'confusion'
+  int32 [K, K] (rows: true class, columns: predicted class).
+  """
+  k = max(num_classes, 2)
+
+  def eval_step(variables, batch):
+    logits = model.apply(variables, batch['image'], train=False)
+    loss, correct = loss_and_correct(logits, batch['label'])
+    m = batch['mask'].astype(jnp.float32)
+    pred = jnp.argmax(probabilities(logits), axis=-1)
+    conf = jnp.einsum('bi,bj->ij', jax.nn.one_hot(batch['label'], k) * m[:, None],
+                      jax.nn.one_hot(pred, k)).astype(jnp.int32)
+    return {'loss': jnp.sum(loss * m), 'correct': jnp.sum(correct * m),
+            'count': jnp.sum(m), 'confusion': conf}
+
+  kwargs = {}
+  if replicated is not None:
+    kwargs = dict(in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  return jax.jit(eval_step, **kwargs)
+
+
+def make_predict_step(model: nn.Module, *, replicated: Any = None,
+                      batch_sharding: Any = None) -> Callable:
+  """Jitted `predict_step(variables, images) -> probabilities [B, K]` (K >= 2)."""
+
+  def predict_step(variables, images):
+    return probabilities(model.apply(variables, images, train=False))
+
+  kwargs = {}
+  if replicated is not None:
+    kwargs = dict(in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
+  return jax.jit(predict_step, **kwargs)

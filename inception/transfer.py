@@ -1,0 +1,153 @@
+"""The transfer model: an InceptionV3 backbone cut at an endpoint + a small classifier head.
+
+    backbone  InceptionV3(stop_at=cut)          [N, H, W, 3] -> [N, h, w, C]
+    head      flatten | gap -> Dense(units, relu) -> Dropout(rate) -> Dense(outputs)
+
+With 2 classes the head has ONE output (a logit; Keras' Dense(1, sigmoid) + binary
+cross-entropy, with the sigmoid folded into the loss for stability); with K > 2 classes it has
+K logits (softmax cross-entropy). Parameter paths: 'backbone/<block>/<unit>/{conv/kernel,bn/bias}',
+'head/dense/{kernel,bias}', 'head/logits/{kernel,bias}'.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Collection
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inception import model as inception_model
+
+HEADS = ('flatten', 'gap')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def num_outputs(num_classes: int) -> int:
+  """1 logit for binary problems (sigmoid), else one per class (softmax)."""
+  return 1 if num_classes == 2 else num_classes
+
+
+class Head(nn.Module):
+  """flatten|gap -> Dense(units, relu) -> Dropout(rate) -> Dense(outputs); float32 logits."""
+  kind: str = 'flatten'
+  units: int = 1024
+  dropout: float = 0.2
+  outputs: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.kind == 'flatten':
+      x = x.reshape(x.shape[0], -1)
+    elif self.kind == 'gap':
+      x = jnp.mean(x, axis=(1, 2)) if x.ndim == 4 else x
+    else:
+      raise ValueError(f'model.head={self.kind!r} is unknown; valid: {", ".join(HEADS)}')
+    if self.units:
+      x = nn.relu(nn.Dense(self.units, dtype=self.dtype, name='dense')(x))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.outputs, dtype=self.dtype, name='logits')(x).astype(jnp.float32)
+
+
+class TransferModel(nn.Module):
+  """Backbone (`cut` endpoint) + `Head`. Call: (images, train=..., train_blocks=...) -> logits.
+
+  images: [N, H, W, 3] preprocessed floats. Returns float32 logits [N, outputs].
+  `train` enables dropout; `train_blocks` (subset of inception.model.BLOCKS) are the backbone
+  blocks whose BatchNorm uses batch statistics and updates its running averages.
+  """
+  cut: str = 'mixed7'
+  head: str = 'flatten'
+  dense_units: int = 1024
+  dropout: float = 0.2
+  outputs: int = 1
+  mixed10_pool: str = 'avg'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, train_blocks: Collection[str] = ()):
+    feats = inception_model.InceptionV3(stop_at=self.cut, mixed10_pool=self.mixed10_pool,
+                                        dtype=self.dtype, name='backbone')(x, tuple(train_blocks))
+    return Head(self.head, self.dense_units, self.dropout, self.outputs, self.dtype,
+                name='head')(feats, train)
+
+
+def from_config(config: Any, num_classes: int, mixed10_pool: str = 'avg') -> TransferModel:
+  """TransferModel for `config.model` and a dataset with `num_classes` classes."""
+  m = config.model
+  return TransferModel(cut=m.cut, head=m.head, dense_units=m.dense_units, dropout=m.dropout,
+                       outputs=num_outputs(num_classes), mixed10_pool=mixed10_pool,
+                       dtype=DTYPES[m.dtype])
+
+
+def init_variables(model: TransferModel, image_size: int, seed: int) -> dict:
+  """Random float32 variables {'params', 'batch_stats'} with Keras' initialisers.
+
+  Kernels: glorot_uniform (Keras' default for Conv2D and Dense); biases: zeros; BatchNorm
+  mean 0, var 1. Filled with numpy from the shapes of `jax.eval_shape(model.init)`, so no
+  forward pass is compiled or run; each leaf's stream is seeded by (seed, its path), so adding
+  layers does not change the others' values.
+  """
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def fill(path, leaf):
+    name = '/'.join(str(getattr(p, 'key', p)) for p in path)
+    shape = tuple(leaf.shape)
+    if name.endswith('kernel'):
+      receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+      fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+      limit = np.sqrt(6.0 / (fan_in + fan_out))
+      rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+      return rng.uniform(-limit, limit, shape).astype(np.float32)
+    if name.endswith('/var'):
+      return np.ones(shape, np.float32)
+    return np.zeros(shape, np.float32)  # biases and BatchNorm means
+
+  out = jax.tree_util.tree_map_with_path(fill, shapes)
+  return {'params': out['params'], 'batch_stats': out.get('batch_stats', {})}
+
+
+def load_pretrained(weights: str, cut: str, log=print) -> tuple[dict | None, dict]:
+  """Pretrained backbone variables up to `cut` and their provenance.
+
+  Args:
+    weights: 'random' (no file: returns None), or a name/path for `inception.weights.load`.
+    cut: the backbone's last block.
+  Returns:
+    ({'params', 'batch_stats'} of the backbone or None, provenance dict with 'weights',
+    'source', 'sha256', 'mixed10_pool' (build the model with it)).
+  """
+  if weights == 'random':
+    return None, {'weights': 'random', 'source': 'random init', 'sha256': None,
+                  'mixed10_pool': 'avg'}
+  from inception import weights as weights_lib  # Imported only when weights are needed.
+  pre = weights_lib.load(weights)
+  sub = weights_lib.select_blocks(pre.variables, cut)
+  log(f'Loaded backbone weights {weights!r} from {pre.source} (sha256 {pre.sha256})')
+  return sub, {'weights': weights, 'source': str(pre.source), 'sha256': pre.sha256,
+               'mixed10_pool': getattr(pre, 'mixed10_pool', 'avg')}
+
+
+def replace_backbone(variables: dict, backbone: dict | None, weights: str = '') -> dict:
+  """`variables` with the backbone subtrees replaced by `backbone` (float32); shapes must match."""
+  if backbone is None:
+    return variables
+  out = {}
+  for col in ('params', 'batch_stats'):
+    mine = dict(variables[col])
+    theirs = backbone.get(col, {})
+    want = jax.tree.map(np.shape, mine['backbone'])
+    got = jax.tree.map(np.shape, theirs)
+    if want != got:
+      raise ValueError(f'Weights {weights!r} do not fit the backbone in collection {col!r} '
+                       f'(expected blocks {sorted(want)}, got {sorted(got)}); check '
+                       f'model.weights / model.cut or re-fetch with `python -m inception.weights '
+                       f'fetch`.')
+    mine['backbone'] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), theirs)
+    out[col] = mine
+  return out

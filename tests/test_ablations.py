@@ -1,0 +1,54 @@
+"""The ablation configs and runner (two tiny variants on synthetic data, then a no-op rerun)."""
+
+import csv
+import os
+
+import pytest
+
+from configs import ablations
+from configs import validate
+
+
+def test_variants_cover_the_brief_and_validate():
+  v = ablations.get_variants()
+  for name in ('baseline', 'cut_mixed5', 'cut_mixed6', 'cut_mixed10', 'head_gap', 'dropout_0',
+               'dropout_0.5', 'no_augment', 'preprocess_inception', 'weights_keras',
+               'weights_random', 'images_50', 'images_100', 'unfreeze_mixed7'):
+    assert name in v, name
+    validate.validate(ablations.get_config(f'variant={name}'), device_count=1)
+  c = ablations.get_config('variant=unfreeze_mixed7')
+  assert c.optimizer.param_rules[0] == ('^backbone/mixed7/', 0.1)
+  assert c.model.batchnorm_train_blocks == ('mixed7',)
+  c = ablations.get_config('variant=baseline,cut=mixed6,preprocess=inception,augment=false')
+  assert (c.model.cut, c.data.preprocess, c.data.augment.enabled) == ('mixed6', 'inception',
+                                                                       False)
+  with pytest.raises(ValueError, match="Unknown ablation variant 'nope'; valid: baseline"):
+    ablations.get_config('variant=nope')
+  with pytest.raises(ValueError, match="Unknown config arg 'cutt'"):
+    ablations.get_config('cutt=mixed6')
+
+
+@pytest.mark.slow
+def test_runner_two_tiny_variants_and_noop_rerun(tmp_path, monkeypatch):
+  pytest.importorskip('data')
+  from inception import ablations as runner  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('INCEPTION_FLAX_CACHE', str(tmp_path / 'cache'))
+  cfg = 'configs/ablations.py:base=smoke,cut=stem,epochs=1'
+  rows = runner.run(cfg, tmp_path / 'abl', variants=['baseline', 'dropout_0.5'], seeds=[0],
+                    progress_bars=False)
+  assert [(r['variant'], r['seed']) for r in rows] == [('baseline', 0), ('dropout_0.5', 0)]
+  for r in rows:
+    assert 0.0 <= r['final_val_accuracy'] <= 1.0 and r['epochs'] == 1 and r['synthetic']
+    assert r['test_accuracy'] is not None
+  with open(tmp_path / 'abl' / 'results.csv') as f:
+    table = list(csv.DictReader(f))
+  assert [t['variant'] for t in table] == ['baseline', 'dropout_0.5']
+  md = (tmp_path / 'abl' / 'results.md').read_text()
+  assert 'SYNTHETIC' in md and '| dropout_0.5 | 0 |' in md
+  mtime = os.path.getmtime(tmp_path / 'abl' / 'baseline_seed0' / 'summary.json')
+  logs = []
+  again = runner.run(cfg, tmp_path / 'abl', variants=['baseline', 'dropout_0.5'], seeds=[0],
+                     log=logs.append)
+  assert again == rows
+  assert sum('finished earlier' in l for l in logs) == 2
+  assert os.path.getmtime(tmp_path / 'abl' / 'baseline_seed0' / 'summary.json') == mtime

@@ -1,0 +1,88 @@
+"""Train, evaluate or predict with a config.
+
+    python train.py --config configs/dog_horse.py                 # train (resumes if rerun)
+    python train.py --config configs/dog_horse.py --config.optimizer.lr=3e-4
+    python train.py --config configs/ablations.py:cut=mixed6,preprocess=inception
+    python train.py --config configs/dog_horse.py --mode=eval --checkpoint=best --split=test
+    python train.py --config configs/dog_horse.py --mode=eval --eval_dir=/path/<class>/...
+    python train.py --config configs/dog_horse.py --mode=predict --inputs=a.jpg,photos/ \\
+        --output=preds.csv
+
+Default --workdir: workdirs/<config file stem>[_<config arg slug>], so rerunning the same
+command resumes the same run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Config file, optionally `path.py:k=v,k=v`.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory (default: workdirs/<config stem>[_<arg>]).')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
+flags.DEFINE_string('checkpoint', 'latest', 'eval/predict: latest | best | STEP.')
+flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'eval: the split.')
+flags.DEFINE_string('eval_dir', None, 'eval: a class-folder tree to evaluate instead.')
+flags.DEFINE_list('inputs', [], 'predict: image files and/or folders.')
+flags.DEFINE_string('output', None, 'predict: CSV file for the predictions.')
+flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (multi-process).')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def default_workdir(config_flag: str) -> Path:
+  """workdirs/<stem>[_<slug of the config arg>] for `path.py[:arg]`."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  path, _, arg = config_flag.partition(':')
+  slug = common.arg_slug(arg)
+  return Path('workdirs') / (Path(path).stem + (f'_{slug}' if slug else ''))
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
+  if FLAGS.multihost:
+    from inception import sharding  # pylint: disable=g-import-not-at-top
+    sharding.initialize_multihost()
+  from configs import validate  # pylint: disable=g-import-not-at-top
+  from inception import checkpoints, trainer  # pylint: disable=g-import-not-at-top
+  config = FLAGS.config
+  config_arg = config_flags.get_config_filename(FLAGS['config'])
+  raw_flag = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')),
+                  config_arg)
+  workdir = Path(FLAGS.workdir) if FLAGS.workdir else default_workdir(raw_flag)
+  try:
+    validate.validate(config, workdir=workdir)
+  except ValueError as e:
+    print(f'Invalid config: {e}', file=sys.stderr)
+    return 2
+  try:
+    if FLAGS.mode == 'train':
+      trainer.train(config, workdir, progress_bars=FLAGS.progress)
+    elif FLAGS.mode == 'eval':
+      from inception import evaluate  # pylint: disable=g-import-not-at-top
+      evaluate.evaluate(config, workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
+                        eval_dir=FLAGS.eval_dir)
+    else:
+      from inception import predict  # pylint: disable=g-import-not-at-top
+      predict.predict(config, workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
+                      output=FLAGS.output)
+  except trainer.NonFiniteLossError as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 3
+  except (checkpoints.NoCheckpointError, RuntimeError, FileNotFoundError, ValueError) as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(lambda argv: sys.exit(main(argv)))
