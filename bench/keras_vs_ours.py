@@ -108,7 +108,8 @@ def _ours_train_setup(variables_backbone):
   variables = transfer.replace_backbone(variables, variables_backbone)
   tx = optim.make(config.optimizer, variables['params'])
   mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
-  step = steps.make_train_step(model, tx, mask, donate=True)
+  # XLA's default options here; bench_train compiles it both ways.
+  step = steps.make_train_step(model, tx, mask, donate=True, compiler_options={})
   state = steps.create_state(jax.device_put(variables), tx)
   return config, model, step, state
 

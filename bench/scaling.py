@@ -1,7 +1,7 @@
 """Scaling table: images/s and peak memory of our train step and eval as batch and image grow.
 
     .venv/bin/python bench/scaling.py [--batches 20,64,128] [--sizes 150,299]
-        [--modes train,eval] [--calls 1] [--folded] [--eigen]
+        [--modes train,eval] [--calls 1] [--folded] [--xla-defaults]
 
 Each setting runs in its own subprocess (`--one mode,batch,size`), so its peak resident memory
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, whole process: Python, JAX, compiled code, arrays)
@@ -26,14 +26,16 @@ import time
 import common  # bench/common.py; also puts the repo root on sys.path.
 
 
-def run_one(mode: str, batch: int, size: int, calls: int, folded: bool, eigen: bool) -> dict:
+def run_one(mode: str, batch: int, size: int, calls: int, folded: bool,
+            xla_defaults: bool) -> dict:
   """Measures one setting in this process; returns a JSON-able row."""
   import jax
   import numpy as np
   from configs import dog_horse
-  from inception import optim, param_rules, steps, transfer, xla_options
+  from inception import optim, param_rules, steps, transfer
 
-  options = xla_options.compiler_options() if eigen else {}
+  # None: the project's options (inception/xla_options.py, as training uses); {}: XLA's own.
+  options = {} if xla_defaults else None
   config = dog_horse.get_config()
   model = transfer.from_config(config, num_classes=2)
   variables = transfer.init_variables(model, size, seed=0)
@@ -51,7 +53,8 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool, eigen: b
     mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
     state = steps.create_state(jax.device_put(variables), tx)
     b = jax.device_put({k: batch_np[k] for k in ('image', 'label')})
-    compiled = steps.make_train_step(model, tx, mask).lower(state, b, key).compile(compiler_options=options)
+    compiled = steps.make_train_step(model, tx, mask, compiler_options=options).lower(
+        state, b, key).compile()
     holder = {'state': state}
 
     def call():
@@ -60,7 +63,8 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool, eigen: b
   else:
     v = jax.device_put(variables)
     b = jax.device_put(batch_np)
-    compiled = steps.make_eval_step(model, num_classes=2).lower(v, b).compile(compiler_options=options)
+    compiled = steps.make_eval_step(model, num_classes=2, compiler_options=options).lower(
+        v, b).compile()
 
     def call():
       jax.block_until_ready(compiled(v, b))
@@ -72,7 +76,7 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool, eigen: b
     call()
     times.append(time.perf_counter() - start)
   mem = compiled.memory_analysis()
-  return {'mode': mode, 'batch': batch, 'size': size, 'folded': folded, 'eigen': eigen,
+  return {'mode': mode, 'batch': batch, 'size': size, 'folded': folded, 'xla_defaults': xla_defaults,
           'images_per_s': batch / common.median(times),
           'gflop_per_image': common.compiled_flops(compiled) / batch / 1e9,
           'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -95,13 +99,14 @@ def main(argv=None) -> None:
   p.add_argument('--calls', type=int, default=1)
   p.add_argument('--folded', action='store_true',
                  help='backbone with BatchNorm folded (inception.folding)')
-  p.add_argument('--eigen', action='store_true',
-                 help='compile with inception.xla_options (YNNPACK off: Eigen convs)')
+  p.add_argument('--xla-defaults', action='store_true',
+                 help="XLA's default options instead of inception.xla_options (YNNPACK on)")
   p.add_argument('--one', help=argparse.SUPPRESS)  # mode,batch,size: child process.
   args = p.parse_args(argv)
   if args.one:
     mode, batch, size = args.one.split(',')
-    print(json.dumps(run_one(mode, int(batch), int(size), args.calls, args.folded, args.eigen)))
+    print(json.dumps(run_one(mode, int(batch), int(size), args.calls, args.folded,
+                             args.xla_defaults)))
     return
   print(common.environment())
   print(f'\n{"mode":<6s} {"batch":>5s} {"size":>5s} {"images/s":>9s} {"GFLOP/img":>9s} '
@@ -111,7 +116,7 @@ def main(argv=None) -> None:
       for batch in (int(b) for b in args.batches.split(',')):
         cmd = [sys.executable, __file__, '--one', f'{mode},{batch},{size}',
                '--calls', str(args.calls)] + (['--folded'] if args.folded else []) + (
-                   ['--eigen'] if args.eigen else [])
+                   ['--xla-defaults'] if args.xla_defaults else [])
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
         if proc.returncode:

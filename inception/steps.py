@@ -66,6 +66,10 @@ def probabilities(logits: jax.Array) -> jax.Array:
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def _options(compiler_options: dict | None) -> dict:
+  return xla_options.compiler_options() if compiler_options is None else compiler_options
+
+
 def _select(ok: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
@@ -73,13 +77,14 @@ def _select(ok: jax.Array, new: Any, old: Any) -> Any:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
                     train_blocks: Collection[str] = (), guard_nonfinite: bool = True,
                     state_sharding: Any = None, batch_sharding: Any = None,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, compiler_options: dict | None = None) -> Callable:
   """Jitted `step(state, batch, base_key) -> (state, metrics)`.
 
   batch: {'image': float [B, H, W, 3], 'label': int [B]}. metrics: scalars 'loss', 'accuracy'
   (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
   update was then skipped when `guard_nonfinite`). With shardings given, the state is laid out
   with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
+  compiler_options: XLA options; None = `xla_options.compiler_options()`, {} = XLA's defaults.
   """
   train_blocks = tuple(train_blocks)
 
@@ -133,11 +138,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
     kwargs = dict(in_shardings=(state_sharding, batch_sharding, state_sharding),
                   out_shardings=(state_sharding, state_sharding))
   return jax.jit(step, donate_argnums=(0,) if donate else (),
-                 compiler_options=xla_options.compiler_options(), **kwargs)
+                 compiler_options=_options(compiler_options), **kwargs)
 
 
 def make_eval_step(model: nn.Module, num_classes: int, *, replicated: Any = None,
-                   batch_sharding: Any = None) -> Callable:
+                   batch_sharding: Any = None, compiler_options: dict | None = None
+                   ) -> Callable:
   """Jitted `eval_step(variables, batch) -> sums`.
 
   batch: {'image', 'label', 'mask': bool [B]} (padded examples have mask False).
@@ -159,11 +165,12 @@ def make_eval_step(model: nn.Module, num_classes: int, *, replicated: Any = None
   kwargs = {}
   if replicated is not None:
     kwargs = dict(in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-  return jax.jit(eval_step, compiler_options=xla_options.compiler_options(), **kwargs)
+  return jax.jit(eval_step, compiler_options=_options(compiler_options), **kwargs)
 
 
 def make_predict_step(model: nn.Module, *, replicated: Any = None,
-                      batch_sharding: Any = None) -> Callable:
+                      batch_sharding: Any = None, compiler_options: dict | None = None
+                      ) -> Callable:
   """Jitted `predict_step(variables, images) -> probabilities [B, K]` (K >= 2)."""
 
   def predict_step(variables, images):
@@ -172,4 +179,4 @@ def make_predict_step(model: nn.Module, *, replicated: Any = None,
   kwargs = {}
   if replicated is not None:
     kwargs = dict(in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
-  return jax.jit(predict_step, compiler_options=xla_options.compiler_options(), **kwargs)
+  return jax.jit(predict_step, compiler_options=_options(compiler_options), **kwargs)
