@@ -465,6 +465,21 @@ def _pink_noise_image(size: int, seed: int = 0) -> np.ndarray:
   return ((np.clip(img, -1, 1) + 1) * 127.5)[None].astype(np.float32)
 
 
+def _permuted_concat(variables, block, first, second, width):
+  """`variables` with two `width`-channel slices of `block`'s input swapped (a branch swap in
+  the previous block's concatenation)."""
+  import jax
+  v = jax.tree.map(lambda t: t, variables)
+  previous = model_lib.BLOCKS[model_lib.BLOCKS.index(block) - 1]
+  idx = np.arange(model_lib.ENDPOINT_CHANNELS[previous])
+  idx[first:first + width], idx[second:second + width] = (
+      idx[second:second + width].copy(), idx[first:first + width].copy())
+  for p in v['params'][block].values():
+    if p['conv']['kernel'].shape[2] == idx.size:
+      p['conv'] = {'kernel': p['conv']['kernel'][:, :, idx]}
+  return v
+
+
 @pytest.fixture(scope='module')
 def tf2015():
   try:
@@ -493,8 +508,8 @@ def test_tf2015_every_unit_is_normalised_and_miswiring_is_detected(tf2015):
 
   On a real photo the 94 values lie in about [0.4, 1.6] (pink noise: [0.25, 2.4]); a unit fed
   the wrong channels gives ~7-9. The band [0.1, 4] separates the two; the looser [0.05, 20] of
-  the issue would not catch the swaps below. Deep swaps (mixed5+) change z^2 much less, since
-  the statistics of BN-normalised channels look alike there.
+  the issue would not catch the swaps below. Deep swaps (mixed4+) change z^2 much less, since
+  the statistics of BN-normalised channels look alike there: the next test catches those.
   """
   import flax.linen as nn
   import jax
@@ -535,25 +550,75 @@ def test_tf2015_every_unit_is_normalised_and_miswiring_is_detected(tf2015):
       v[c][a[0]][a[1]], v[c][b[0]][b[1]] = v[c][b[0]][b[1]], v[c][a[0]][a[1]]
     return v
 
-  def permuted_concat(block, first, second, width):  # block's input channels exchanged.
-    v = jax.tree.map(lambda t: t, tf2015.variables)
-    previous = model_lib.BLOCKS[model_lib.BLOCKS.index(block) - 1]
-    idx = np.arange(model_lib.ENDPOINT_CHANNELS[previous])
-    idx[first:first + width], idx[second:second + width] = (
-        idx[second:second + width].copy(), idx[first:first + width].copy())
-    for unit, p in v['params'][block].items():
-      if p['conv']['kernel'].shape[2] == idx.size:
-        p['conv'] = {'kernel': p['conv']['kernel'][:, :, idx]}
-    return v
-
   for name, variant in [
       ('mixed0 branch1x1 <-> branch3x3dbl_1',
        swapped_units(('mixed0', 'branch1x1'), ('mixed0', 'branch3x3dbl_1'))),
-      ('mixed0 concat [1x1, 5x5] -> [5x5, 1x1]', permuted_concat('mixed1', 0, 64, 64)),
-      ('mixed1 concat [1x1, 5x5] -> [5x5, 1x1]', permuted_concat('mixed2', 0, 64, 64)),
+      ('mixed0 concat [1x1, 5x5] -> [5x5, 1x1]', _permuted_concat(tf2015.variables, 'mixed1', 0, 64, 64)),
+      ('mixed1 concat [1x1, 5x5] -> [5x5, 1x1]', _permuted_concat(tf2015.variables, 'mixed2', 0, 64, 64)),
   ]:
     bad = np.asarray(mean_z2(variant, x))
     assert np.any((bad < 0.1) | (bad > 4)), f'{name} not detected: max mean z^2 {bad.max()}'
+
+
+def _photos(size: int, count: int = 8):
+  """`count` real photos (dogs and horses, spread over the sorted files), or None."""
+  root = os.environ.get('ANIMALS10_DIR') or str(REPO.parent / 'shared/data/animals10-standin')
+  files = sorted(glob.glob(os.path.join(root, 'raw-img', '*', '*.jp*g')))
+  if len(files) < count:
+    return None
+  from PIL import Image
+  step = len(files) // count
+  return np.stack([np.asarray(Image.open(f).convert('RGB').resize((size, size), Image.BILINEAR),
+                              np.float32) for f in files[::step][:count]])
+
+
+def test_tf2015_branch_swaps_in_deep_blocks_are_detected(tf2015):
+  """Per block, the BN running statistics match the batch statistics of real photos.
+
+  Statistic per unit: mean over channels of |log((var_c + (mean_c - mu_c)^2) / sigma_c^2)|,
+  the batch's second moment about the running mean against the running variance; averaged
+  over a block's units. Correct wiring, 8 photos at 299 px: 0.16-0.23 for mixed1-mixed9
+  (mixed10, whose inputs are the most class-specific, 0.45: not checked). Swapping two
+  branches of mixed4-mixed8 (the next block's input channels) raises the next block's value to
+  0.40-0.64, so the band < 0.3 catches every such swap; the test of z^2 above catches mixed0-1.
+  """
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  images = _photos(299)
+  if images is None:
+    pytest.skip('needs the real photos in ../shared/data/animals10-standin')
+  net = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool='max')
+  checked = [f'mixed{i}' for i in range(1, 10)]
+
+  @jax.jit
+  def block_mismatch(variables, x):
+    convs = {}
+
+    def capture(next_fun, args, kwargs, context):
+      y = next_fun(*args, **kwargs)
+      if isinstance(context.module, nn.Conv):
+        convs[context.module.scope.path[:2]] = y
+      return y
+    with nn.intercept_methods(capture):
+      net.apply(variables, x)
+    per_block = {b: [] for b in checked}
+    for block, unit in model_lib.UNIT_PATHS:
+      if block in per_block:
+        s = variables['batch_stats'][block][unit]['bn']
+        y = convs[(block, unit)]
+        second_moment = y.var((0, 1, 2)) + (y.mean((0, 1, 2)) - s['mean'])**2
+        per_block[block].append(jnp.mean(jnp.abs(jnp.log(second_moment / (s['var'] + 1e-3)))))
+    return {b: jnp.mean(jnp.stack(v)) for b, v in per_block.items()}
+
+  x = images / 127.5 - 1
+  good = {b: float(v) for b, v in block_mismatch(tf2015.variables, x).items()}
+  assert all(v < 0.3 for v in good.values()), f'correct weights out of band: {good}'
+  # (block whose input is permuted, first, second, width): a branch swap in the block before.
+  for case in [('mixed5', 0, 192, 192), ('mixed6', 0, 192, 192), ('mixed7', 0, 192, 192),
+               ('mixed8', 0, 192, 192), ('mixed9', 0, 320, 320)]:
+    bad = float(block_mismatch(_permuted_concat(tf2015.variables, *case), x)[case[0]])
+    assert bad > 0.3, f'branch swap {case} not detected: {bad:.3f} (correct {good[case[0]]:.3f})'
 
 
 def test_tf2015_mixed7_features_of_a_photo_are_sane(tf2015):
