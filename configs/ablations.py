@@ -4,7 +4,7 @@
         [--variants baseline,cut_mixed5] [--seeds 0,1,2]
     python train.py --config configs/ablations.py:variant=head_gap,seed=1   # one variant
 
-Arg keys (all optional): variant (a name from `get_variants()`), seed, base ('dog_horse' or
+Arg keys (all optional): variant (a name from `get_variants()`), seed (also the split seed), base ('dog_horse' or
 'smoke': the tiny synthetic recipe, for tests), and direct overrides applied after the
 variant: cut, head, dropout, augment, preprocess, weights, images_per_class, epochs.
 """
@@ -71,7 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     raise ValueError(f'Config arg base={a.base!r} is not valid; valid: dog_horse, smoke')
   c = base.get_config()
+  # A seed is a replicate: initialisation, data order, dropout AND the train/validation split.
   c.seed = a.seed
+  c.data.split_seed = a.seed
   for dotted, value in variants[a.variant].items():
     set_path(c, dotted, value)
   if a.base == 'smoke' and 'data.images_per_class' in variants[a.variant]:
