@@ -4,9 +4,10 @@
         [--variants baseline,cut_mixed5] [--seeds 0,1,2]
     python train.py --config configs/ablations.py:variant=head_gap,seed=1   # one variant
 
-Arg keys (all optional): variant (a name from `get_variants()`), seed (also the split seed), base ('dog_horse' or
-'smoke': the tiny synthetic recipe, for tests), and direct overrides applied after the
-variant: cut, head, dropout, augment, preprocess, weights, images_per_class, epochs.
+Arg keys (all optional): variant (a name from `get_variants()`), seed (initialisation, data
+order, dropout and the split), base ('dog_horse' or 'smoke': the tiny synthetic recipe, for
+tests), and direct overrides applied after the variant: cut, head, dropout, augment,
+preprocess, weights, images_per_class, epochs.
 """
 
 from __future__ import annotations
