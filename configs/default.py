@@ -85,6 +85,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 1
   # Batches prefetched onto the devices ahead of the train step.
   c.train.prefetch_to_device = 2
+  # Feature cache (inception/feature_cache.py): when every backbone param is frozen
+  # (optimizer.param_rules multiplier 0), model.batchnorm_train_blocks is empty and augmentation
+  # is off, the backbone's cut-layer features are computed once per split (kept in memory and in
+  # <cache>/features/<key>/) and the epochs train the head alone on them: same batches, dropout,
+  # metrics and checkpoints as without it. 'auto': use it whenever valid (the log says whether
+  # and why not); 'on': fail at start-up, with the reason, when it is not valid; 'off': never.
+  c.train.feature_cache = 'auto'
 
   c.checkpoint = ml_collections.ConfigDict()
   # Also save every this many steps; 0 = only at epoch ends.

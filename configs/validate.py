@@ -19,6 +19,7 @@ CUTS = tuple(e for e in inception_model.ENDPOINTS if e != 'predictions')
 WEIGHT_NAMES = ('tf2015', 'keras', 'keras_top')
 NONFINITE = ('stop', 'skip')
 LOSSES = ('auto',)
+FEATURE_CACHE = ('auto', 'on', 'off')  # inception.feature_cache.MODES
 
 
 def _weight_names() -> tuple[str, ...]:
@@ -125,6 +126,11 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike | 
   _number('train.log_every_steps', t.log_every_steps, lo=1, integer=True)
   _number('train.eval_every_epochs', t.eval_every_epochs, lo=1, integer=True)
   _number('train.prefetch_to_device', t.prefetch_to_device, lo=1, integer=True)
+  _choice('train.feature_cache', t.feature_cache, FEATURE_CACHE)
+  if t.feature_cache == 'on':
+    # Config-only reasons here; the param_rules one needs the param tree (trainer start-up).
+    from inception import feature_cache  # pylint: disable=g-import-not-at-top
+    feature_cache.check_on(config)
 
   k = config.checkpoint
   _number('checkpoint.every_steps', k.every_steps, lo=0, integer=True)

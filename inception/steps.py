@@ -80,7 +80,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
                     donate: bool = True, compiler_options: dict | None = None) -> Callable:
   """Jitted `step(state, batch, base_key) -> (state, metrics)`.
 
-  batch: {'image': float [B, H, W, 3], 'label': int [B]}. metrics: scalars 'loss', 'accuracy'
+  batch: {'image': float [B, H, W, 3], 'label': int [B]}; with `model` a `transfer.HeadOnly`
+  (the feature cache), 'image' holds cut-layer features [B, h, w, C] and the frozen backbone
+  params pass through. metrics: scalars 'loss', 'accuracy'
   (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
   update was then skipped when `guard_nonfinite`). With shardings given, the state is laid out
   with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
@@ -146,7 +148,8 @@ def make_eval_step(model: nn.Module, num_classes: int, *, replicated: Any = None
                    ) -> Callable:
   """Jitted `eval_step(variables, batch) -> sums`.
 
-  batch: {'image', 'label', 'mask': bool [B]} (padded examples have mask False).
+  batch: {'image', 'label', 'mask': bool [B]} (padded examples have mask False); 'image' is
+  features for a `transfer.HeadOnly` model.
   sums: 'loss' and 'correct' summed over real examples, 'count', and 'confusion'
   int32 [K, K] (rows: true class, columns: predicted class).
   """

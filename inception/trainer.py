@@ -22,6 +22,7 @@ import numpy as np
 import data
 from configs import validate as config_validate
 from inception import checkpoints
+from inception import feature_cache
 from inception import optim
 from inception import param_rules
 from inception import reporting
@@ -189,10 +190,14 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
     raise ValueError(f'config.train.batch_size={tc.batch_size} is larger than the '
                      f'{info.num_examples["train"]} training examples')
   repl, dsh = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  # With the feature cache the steps run the head alone on cached cut-layer features (the
+  # batches' 'image'); state, optimizer, dropout keys and batch order are the same.
+  fc = feature_cache.FeatureCache.for_setup(config, s, state, log)
+  step_model = s.model if fc is None else transfer.HeadOnly(s.model)
   train_step = steps_lib.make_train_step(
-      s.model, s.tx, s.mask, train_blocks=config.model.batchnorm_train_blocks,
+      step_model, s.tx, s.mask, train_blocks=config.model.batchnorm_train_blocks,
       guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
-  eval_step = steps_lib.make_eval_step(s.model, len(s.class_names), replicated=repl,
+  eval_step = steps_lib.make_eval_step(step_model, len(s.class_names), replicated=repl,
                                        batch_sharding=dsh)
   base_key = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM),
                             repl)
@@ -200,9 +205,10 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
   pidx, pcount = jax.process_index(), jax.process_count()
 
   def run_eval(st, split='validation'):
-    batches = data.eval_batches(info, config.data, split=split,
-                                batch_size=config.eval.batch_size,
-                                process_index=pidx, process_count=pcount)
+    kw = dict(split=split, batch_size=config.eval.batch_size, process_index=pidx,
+              process_count=pcount)
+    batches = data.eval_batches(info, config.data, **kw) if fc is None else \
+        fc.eval_batches(**kw)
     return evaluate_batches(eval_step, {'params': st.params, 'batch_stats': st.batch_stats},
                             batches, mesh)
 
@@ -210,9 +216,10 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
   step = start_step
   val = None
   if start_step < total_steps:
-    batches = data.train_batches(info, config.data, batch_size=tc.batch_size, seed=config.seed,
-                                 start_step=start_step, process_index=pidx,
-                                 process_count=pcount)
+    kw = dict(batch_size=tc.batch_size, seed=config.seed, start_step=start_step,
+              process_index=pidx, process_count=pcount)
+    batches = data.train_batches(info, config.data, **kw) if fc is None else \
+        fc.train_batches(**kw)
     it = sharding.prefetch_to_device(batches, mesh, tc.prefetch_to_device)
     for epoch in range(start_step // spe + 1, tc.epochs + 1):
       epoch_records: list[dict] = []

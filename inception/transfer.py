@@ -76,6 +76,36 @@ class TransferModel(nn.Module):
                 name='head')(feats, train)
 
 
+class BackboneOnly(nn.Module):
+  """`TransferModel`'s backbone alone, under the same name: [N, H, W, 3] -> features [N, h, w, C].
+
+  Applied with a TransferModel's full variables (the head's are unused).
+  """
+  model: TransferModel
+
+  @nn.compact
+  def __call__(self, x):
+    m = self.model
+    return inception_model.InceptionV3(stop_at=m.cut, mixed10_pool=m.mixed10_pool,
+                                       dtype=m.dtype, name='backbone')(x, ())
+
+
+class HeadOnly(nn.Module):
+  """`TransferModel`'s head alone on features [N, h, w, C] -> float32 logits [N, outputs].
+
+  Named 'head' under the root as in TransferModel, so with the full variables it uses the same
+  params AND the same dropout masks (flax folds the module path into the dropout key). The
+  features are cast to the model dtype first: cached bfloat16 features are stored as float32.
+  """
+  model: TransferModel
+
+  @nn.compact
+  def __call__(self, feats, train: bool = False):
+    m = self.model
+    return Head(m.head, m.dense_units, m.dropout, m.outputs, m.dtype,
+                name='head')(feats.astype(m.dtype), train)
+
+
 def from_config(config: Any, num_classes: int, mixed10_pool: str = 'avg') -> TransferModel:
   """TransferModel for `config.model` and a dataset with `num_classes` classes."""
   m = config.model
