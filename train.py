@@ -14,6 +14,7 @@ command resumes the same run.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def main(argv) -> int:
   except ValueError as e:
     print(f'Invalid config: {e}', file=sys.stderr)
     return 2
+  except OSError as e:  # config_flags raises a config file's load failure on first use.
+    print(f'Invalid config: --config={raw_flag}: {" ".join(str(e).split())}', file=sys.stderr)
+    return 2
   try:
     if FLAGS.mode == 'train':
       trainer.train(config, workdir, progress_bars=FLAGS.progress)
@@ -78,11 +82,52 @@ def main(argv) -> int:
   except trainer.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3
-  except (checkpoints.NoCheckpointError, RuntimeError, FileNotFoundError, ValueError) as e:
+  except (checkpoints.NoCheckpointError, RuntimeError, FileNotFoundError, PermissionError,
+          ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
   return 0
 
 
+def _unknown_key_message(error: Exception, argv: list[str]) -> str:
+  """'no such key ...' with the valid keys of its section (per configs/default.py)."""
+  raw = str(error).encode().decode('unicode_escape')
+  found = re.search(r"'([A-Za-z0-9_]+)'", raw)
+  key = found.group(1) if found else raw
+  hint = re.search(r'Did you mean .*\?', raw)
+  text = f'no such key {key!r}' + (f' ({hint.group(0)})' if hint else '')
+  for arg in argv:
+    path = arg[len('--config.'):].split('=', 1)[0].split('.') if arg.startswith(
+        '--config.') else []
+    if path and path[-1] == key:
+      from configs import default  # pylint: disable=g-import-not-at-top
+      section = default.get_config()
+      try:
+        for part in path[:-1]:
+          section = section[part]
+        text += f'; valid keys in config.{".".join(path[:-1]) or "<top>"}: ' + ', '.join(
+            sorted(section.keys()))
+      except (KeyError, AttributeError, TypeError):
+        pass
+  return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad --config (bad config arg, misspelt key, wrong type) exits
+  with code 2 and one message, like an invalid config value."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    if isinstance(e, (KeyError, AttributeError)):  # ConfigDict's "'key'\nDid you mean ..."
+      lines = [_unknown_key_message(e, argv)]
+    else:
+      lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+      if any(l.startswith('Traceback') for l in lines):
+        lines = lines[:1] + lines[-1:]  # The flag, and the error the config file raised.
+    given = ' '.join(a for a in argv[1:] if a.startswith('--config'))
+    print(f'Invalid config ({given}): {" ".join(lines)}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -1,12 +1,13 @@
 """Validates image files once, with PIL, so that training never meets a file it crashes on.
 
 `check(path)` fully decodes a file and says whether it is usable and whether TensorFlow's
-decoder can read it as it is (8-bit JPEG/PNG in a plain mode) or it needs a normalised RGB
-copy (`normalise`): CMYK JPEGs, 16-bit PNGs, GIF/BMP/WEBP/TIFF, ... PIL is the reference
+decoder can read it as it is (8-bit JPEG/PNG in a plain mode that TensorFlow's own decoder
+accepts) or it needs a normalised RGB copy (`normalise`): CMYK JPEGs, 16-bit PNGs,
+GIF/BMP/WEBP/TIFF, JPEGs/PNGs with damage only PIL tolerates, ... PIL is the reference
 decoder here because Keras' `load_img` is PIL.
 
 `check_many` runs checks in a thread pool (PIL releases the GIL while decoding) and caches
-results per content hash in `<cache>/imagecheck-v1.json`.
+results per content hash in `<cache>/imagecheck-v2.json`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
   Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Formats and modes TensorFlow's `decode_image(channels=3)` reads the way PIL does.
 _TF_MODES = {'JPEG': {'RGB', 'L'}, 'PNG': {'RGB', 'RGBA', 'L', 'LA', 'P'}}
-_CACHE_VERSION = 1
+# 2: tf_ok also requires that TensorFlow decodes the file (v1 entries may say tf_ok wrongly).
+_CACHE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,22 @@ def _png_bit_depth(blob: bytes) -> int:
   return blob[24] if len(blob) > 24 and blob[12:16] == b'IHDR' else 8
 
 
+def _tf_decodes(blob: bytes) -> bool:
+  """TensorFlow's decoder (the pipeline's `decode`) reads `blob` without error.
+
+  PIL is lenient where libjpeg/libpng in TensorFlow are not: it decodes a JPEG whose end
+  (EOI) is cut off or whose entropy data runs short, and skips IDAT/IEND CRCs of a PNG; TF
+  fails such a file mid-epoch. Those files are kept through a normalised copy instead.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data import pipeline  # pylint: disable=g-import-not-at-top  # imports this module
+  try:
+    pipeline.decode(tf.constant(blob))
+  except tf.errors.OpError:
+    return False
+  return True
+
+
 def check_bytes(blob: bytes) -> Check:
   """Validates encoded image bytes (see `Check`)."""
   digest = hashlib.sha256(blob).hexdigest()
@@ -81,7 +99,8 @@ def check_bytes(blob: bytes) -> Check:
     return bad(f'too large: {e}')
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...).
     return bad(f'not decodable: {type(e).__name__}: {e}')
-  tf_ok = mode in _TF_MODES.get(fmt, ()) and not (fmt == 'PNG' and _png_bit_depth(blob) != 8)
+  tf_ok = (mode in _TF_MODES.get(fmt, ()) and not (fmt == 'PNG' and _png_bit_depth(blob) != 8)
+           and _tf_decodes(blob))
   return Check(True, '', tf_ok, fmt, mode, w, h, len(blob), digest)
 
 

@@ -49,7 +49,19 @@ def _class_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def _list_class(folder: pathlib.Path) -> tuple[list[str], list[str]]:
-  """(image candidates, other files) as sorted paths relative to `folder`."""
+  """(image candidates, other files) as sorted paths relative to `folder`.
+
+  Raises PermissionError for a folder (or subfolder) that can't be listed: a silently
+  skipped folder would only show up later as "too few images".
+  """
+  errors: list[OSError] = []
+  for _ in os.walk(folder, onerror=errors.append):
+    pass
+  if errors:
+    e = errors[0]
+    raise PermissionError(f'cannot list {e.filename}: {e.strerror} ({len(errors)} unreadable '
+                          f'folder(s) under {folder}); fix the permissions (chmod -R u+rX) '
+                          'or leave that class out')
   images, other = [], []
   for p in folder.rglob('*'):
     if p.name.startswith('.') or not p.is_file():
@@ -122,6 +134,7 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
 
   Raises:
     ValueError: too few usable images, bad arguments.
+    PermissionError: a class folder can't be listed.
     FileExistsError: `out` holds another subset (and not overwrite) or foreign files.
   """
   if link_mode not in ('symlink', 'copy'):
@@ -180,6 +193,12 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
   chosen: dict[str, list] = {s: [] for s in SPLITS}
   for label, (name, folder) in enumerate(source.classes):
     usable = by_class[name]  # Sorted by name already.
+    if not usable:
+      bad = sum(1 for s in skipped if s['source'].startswith(folder + '/'))
+      raise ValueError(
+          f'class {name!r}: folder {source.root / folder} has no usable images ({bad} skipped '
+          f'as invalid, {len(listed[name][1])} other files ignored; image extensions: '
+          f'{", ".join(imagecheck.IMAGE_EXTENSIONS)}); add images or leave the class out')
     if len(usable) < images_per_class:
       bad = sum(1 for s in skipped if s['source'].startswith(folder + '/'))
       raise ValueError(
@@ -302,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     restructure(src, a.out, images_per_class=a.images_per_class,
                 validation_fraction=a.validation_fraction, test_per_class=a.test_per_class,
                 seed=a.seed, link_mode=a.link_mode, overwrite=a.overwrite)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   return 0

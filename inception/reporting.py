@@ -15,13 +15,38 @@ import numpy as np
 
 class MetricsWriter:
   """Appends {'step', 'epoch', 'split', ...metrics} lines to <workdir>/metrics.jsonl and writes
-  the same scalars as TensorBoard events under <workdir>/tensorboard/<split>."""
+  the same scalars as TensorBoard events under <workdir>/tensorboard/<split>.
 
-  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+  resume_step: the step of the checkpoint a run resumes from. Records with a larger step were
+  written by a process that died before its next checkpoint; the resumed run recomputes and
+  rewrites them, so they are dropped first (file rewritten atomically). The file then holds
+  one record per (split, step), as an uninterrupted run's does. None: append only.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True,
+               resume_step: int | None = None):
     self.path = Path(workdir) / 'metrics.jsonl'
     self.tb_dir = Path(workdir) / 'tensorboard'
     self._tb = tensorboard
     self._writers: dict[str, Any] = {}
+    if self.path.exists():
+      self._drop_torn_line()
+      if resume_step is not None:
+        self._drop_after(int(resume_step))
+
+  def _drop_torn_line(self) -> None:
+    # Every record ends with a newline, so text after the last one is a torn write of a killed
+    # process; appending to it would glue two records into one bad line.
+    with self.path.open('rb+') as f:
+      blob = f.read()
+      if blob and not blob.endswith(b'\n'):
+        f.truncate(blob.rfind(b'\n') + 1)
+
+  def _drop_after(self, step: int) -> None:
+    keep = [r for r in _parse_lines(self.path) if r['step'] <= step]
+    tmp = self.path.with_name(f'.{self.path.name}.{os.getpid()}.tmp')
+    tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep))
+    os.replace(tmp, self.path)
 
   def write(self, split: str, step: int, epoch: int | None, metrics: dict[str, float]) -> None:
     record = {'split': split, 'step': int(step), 'epoch': epoch,
@@ -87,16 +112,28 @@ def read_events(path: str | os.PathLike) -> list[tuple[int, str, float]]:
   return out
 
 
+def _parse_lines(path: Path) -> list[dict]:
+  """The records of a metrics.jsonl; a torn last line (process killed mid-write) is skipped."""
+  lines = [l for l in path.read_text().splitlines() if l.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i != len(lines) - 1:
+        raise ValueError(f'{path}, line {i + 1}: not JSON ({line[:80]!r}); the file is '
+                         'damaged beyond a torn last line') from None
+  return out
+
+
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   """Records of <workdir>/metrics.jsonl; for a resumed run the last record per (split, step)."""
   path = Path(workdir) / 'metrics.jsonl'
   if not path.exists():
     return []
   by_key: dict[tuple, dict] = {}
-  for line in path.read_text().splitlines():
-    if line.strip():
-      r = json.loads(line)
-      by_key[(r['split'], r['step'])] = r
+  for r in _parse_lines(path):
+    by_key[(r['split'], r['step'])] = r
   return sorted(by_key.values(), key=lambda r: (r['step'], r['split']))
 
 
