@@ -127,6 +127,19 @@ def _mean(records: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in host])) for k in ('loss', 'accuracy')}
 
 
+def _records_to_meta(records: list[dict]) -> dict[str, list[float]]:
+  """Per-step 'loss'/'accuracy' values for a checkpoint's JSON meta (float32 -> exact float)."""
+  host = jax.device_get(records)
+  return {k: [float(r[k]) for r in host] for k in ('loss', 'accuracy')}
+
+
+def _records_from_meta(meta: dict) -> list[dict]:
+  """Inverse of `_records_to_meta` (float32 values again, so means are bit-identical)."""
+  steps = meta.get('epoch_steps') or {'loss': [], 'accuracy': []}
+  return [{'loss': np.float32(l), 'accuracy': np.float32(a)}
+          for l, a in zip(steps['loss'], steps['accuracy'])]
+
+
 def _first_nonfinite(records: list[dict], first_step: int) -> int | None:
   flags = jax.device_get([r['nonfinite'] for r in records])
   for i, f in enumerate(flags):
@@ -167,6 +180,7 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
       if ck.keep_best else None
   state = s.state
   best_acc = -1.0
+  meta: dict = {}
   try:
     state, meta = checkpoints.restore(mngr, state, sharding=sharding.replicated(mesh), log=log)
     start_step = int(meta['step'])
@@ -201,7 +215,8 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
                                        batch_sharding=dsh)
   base_key = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM),
                             repl)
-  writer = reporting.MetricsWriter(workdir) if is_main() else None
+  # Records past the resumed step were written by the interrupted run: replaced, not repeated.
+  writer = reporting.MetricsWriter(workdir, resume_step=start_step) if is_main() else None
   pidx, pcount = jax.process_index(), jax.process_count()
 
   def run_eval(st, split='validation'):
@@ -212,7 +227,10 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
     return evaluate_batches(eval_step, {'params': st.params, 'batch_stats': st.batch_stats},
                             batches, mesh)
 
-  last_saved = max(mngr.all_steps(), default=None)
+  last_saved = start_step if start_step else None
+  # Resuming mid-epoch: the epoch's earlier per-step metrics come from the checkpoint, so the
+  # epoch's mean is the uninterrupted run's, bit for bit.
+  carried = _records_from_meta(meta) if start_step % spe else []
   step = start_step
   val = None
   if start_step < total_steps:
@@ -222,7 +240,7 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
         fc.train_batches(**kw)
     it = sharding.prefetch_to_device(batches, mesh, tc.prefetch_to_device)
     for epoch in range(start_step // spe + 1, tc.epochs + 1):
-      epoch_records: list[dict] = []
+      epoch_records, carried = carried, []
       val = None
       pending: list[dict] = []
       pending_first = step
@@ -255,7 +273,8 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
             writer.write('train', step, epoch, m)
           pending, pending_first, t_sync = [], step, now
         if save_now and not boundary:
-          checkpoints.save(mngr, state, {'epoch': epoch - 1, 'best_accuracy': best_acc})
+          checkpoints.save(mngr, state, {'epoch': epoch - 1, 'best_accuracy': best_acc,
+                                         'epoch_steps': _records_to_meta(epoch_records)})
           last_saved = step
       bar.close()
       train_m = _mean(epoch_records)
@@ -276,11 +295,12 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
       meta = {'epoch': epoch, 'best_accuracy': best_acc, 'train': train_m,
               'validation': None if val is None else
               {'loss': val['loss'], 'accuracy': val['accuracy']}}
+      # Best first: a kill between the two saves then redoes this epoch, which saves it again.
+      if best_mngr is not None and improved:
+        checkpoints.save(best_mngr, state, meta)
       if ck.every_epoch or step == total_steps:
         checkpoints.save(mngr, state, meta)
         last_saved = step
-      if best_mngr is not None and improved:
-        checkpoints.save(best_mngr, state, meta)
   else:
     log(f'Training already finished ({start_step}/{total_steps} steps); reporting only.')
 
