@@ -47,11 +47,13 @@ def _row(variant: str, seed: int, summary: dict) -> dict:
           'wall_time_s': summary['wall_time_s'], 'synthetic': summary['synthetic']}
 
 
-def _fmt(v) -> str:
+def _fmt(v, column: str = '') -> str:
   if v is None:
     return ''
+  if column == 'wall_time_s':
+    return f'{v:.0f}'
   if isinstance(v, float):
-    return f'{v:.4f}' if abs(v) < 100 else f'{v:.0f}'
+    return f'{v:.4f}'
   return str(v)
 
 
@@ -61,7 +63,7 @@ def write_tables(rows: Sequence[dict], workdir: Path) -> None:
     w.writeheader()
     w.writerows(rows)
   lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-  lines += ['| ' + ' | '.join(_fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
+  lines += ['| ' + ' | '.join(_fmt(r[c], c) for c in COLUMNS) + ' |' for r in rows]
   if any(r['synthetic'] for r in rows):
     lines.insert(0, '**SYNTHETIC DATA in some runs (synthetic=True): not Animals-10.**\n')
   (workdir / 'results.md').write_text('\n'.join(lines) + '\n')
