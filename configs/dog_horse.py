@@ -9,7 +9,12 @@ mode) cut at mixed7 -> Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, 
 binary cross-entropy, RMSprop lr 1e-3 (rho 0.9, eps 1e-7), batch 20, 10 epochs of 45 steps.
 The notebook reported train/val accuracy 0.9433/0.9200, loss 0.2262/0.3355.
 
-Result: see README
+Result on the real stand-in photos (`ANIMALS10_DIR=../shared/data/animals10-standin`, seeds
+0, 1, 2 with `--config.seed=S --config.data.split_seed=S`; last epoch, mean +- std): train
+accuracy 0.9656 +- 0.0038, loss 0.1028 +- 0.0244; validation accuracy 0.9733 +- 0.0115, loss
+0.0981 +- 0.0567; test accuracy 0.9584 +- 0.0269 (978 images). The same recipe in Keras
+(bench/keras_recipe.py, same splits and weights): 0.9670 / 0.0992 / 0.9700 / 0.0665 / 0.9727,
+within the seed-to-seed spread. ~21-29 min a run on a busy 2-core CPU (README, "Results").
 """
 
 from __future__ import annotations
