@@ -465,6 +465,22 @@ def _pink_noise_image(size: int, seed: int = 0) -> np.ndarray:
   return ((np.clip(img, -1, 1) + 1) * 127.5)[None].astype(np.float32)
 
 
+def _conv_outputs(variables, x) -> dict:
+  """{(block, unit): conv output before BatchNorm} of the tf2015 network up to mixed10."""
+  import flax.linen as nn
+  net = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool='max')
+  convs = {}
+
+  def capture(next_fun, args, kwargs, context):
+    y = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Conv):
+      convs[context.module.scope.path[:2]] = y
+    return y
+  with nn.intercept_methods(capture):
+    net.apply(variables, x)
+  return convs
+
+
 def _permuted_concat(variables, block, first, second, width):
   """`variables` with two `width`-channel slices of `block`'s input swapped (a branch swap in
   the previous block's concatenation)."""
@@ -511,23 +527,12 @@ def test_tf2015_every_unit_is_normalised_and_miswiring_is_detected(tf2015):
   the issue would not catch the swaps below. Deep swaps (mixed4+) change z^2 much less, since
   the statistics of BN-normalised channels look alike there: the next test catches those.
   """
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
 
-  net = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool='max')
-
   @jax.jit
   def mean_z2(variables, x):
-    convs = {}
-
-    def capture(next_fun, args, kwargs, context):
-      y = next_fun(*args, **kwargs)
-      if isinstance(context.module, nn.Conv):
-        convs[context.module.scope.path[:2]] = y
-      return y
-    with nn.intercept_methods(capture):
-      net.apply(variables, x)
+    convs = _conv_outputs(variables, x)
     out = []
     for block, unit in model_lib.UNIT_PATHS:
       stats = variables['batch_stats'][block][unit]['bn']
@@ -582,26 +587,16 @@ def test_tf2015_branch_swaps_in_deep_blocks_are_detected(tf2015):
   branches of mixed4-mixed8 (the next block's input channels) raises the next block's value to
   0.40-0.64, so the band < 0.3 catches every such swap; the test of z^2 above catches mixed0-1.
   """
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   images = _photos(299)
   if images is None:
     pytest.skip('needs the real photos in ../shared/data/animals10-standin')
-  net = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool='max')
   checked = [f'mixed{i}' for i in range(1, 10)]
 
   @jax.jit
   def block_mismatch(variables, x):
-    convs = {}
-
-    def capture(next_fun, args, kwargs, context):
-      y = next_fun(*args, **kwargs)
-      if isinstance(context.module, nn.Conv):
-        convs[context.module.scope.path[:2]] = y
-      return y
-    with nn.intercept_methods(capture):
-      net.apply(variables, x)
+    convs = _conv_outputs(variables, x)
     per_block = {b: [] for b in checked}
     for block, unit in model_lib.UNIT_PATHS:
       if block in per_block:
