@@ -157,3 +157,27 @@ def test_losses_match_keras_definitions():
   ref3 = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=[1, 0], logits=logits3)
   np.testing.assert_allclose(loss3, ref3, rtol=1e-5)
   np.testing.assert_array_equal(correct3, [1, 0])
+
+
+def test_bfloat16_compute_keeps_float32_params_state_and_loss():
+  """model.dtype='bfloat16': convs and denses compute in bf16; params, optimizer state, logits
+  and loss stay float32, and the step's result is close to the float32 step's."""
+  results = {}
+  for dtype in ('float32', 'bfloat16'):
+    c = _config(cut='stem', rules=(('^backbone/stem/', 1.0), ('^backbone/', 0.0), ('.*', 1.0)))
+    c.model.dtype = dtype
+    model, tx, mask, state = _setup(c)
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                         _batch()['image'])
+    assert logits.dtype == jnp.float32
+    step = steps.make_train_step(model, tx, mask, donate=False)
+    hlo = step.lower(state, _batch(), jax.random.key(0)).as_text()
+    assert ('bf16' in hlo) == (dtype == 'bfloat16')  # The compute dtype really changes.
+    new, metrics = step(state, _batch(), jax.random.key(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.opt_state)
+               if jnp.issubdtype(x.dtype, jnp.floating))
+    assert metrics['loss'].dtype == jnp.float32 and np.isfinite(metrics['loss'])
+    results[dtype] = float(metrics['loss'])
+  # bf16 has an 8-bit mantissa: ~1% relative differences, not more.
+  assert abs(results['bfloat16'] - results['float32']) <= 0.05 * abs(results['float32']) + 1e-3
