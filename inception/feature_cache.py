@@ -36,6 +36,7 @@ from data import pipeline
 from inception import param_rules
 from inception import sharding
 from inception import transfer
+from inception import weights
 from inception import xla_options
 
 MODES = ('auto', 'on', 'off')
@@ -136,27 +137,6 @@ def cache_key(ingredients: dict) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _file_sha256(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 24), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _atomic_write(path: pathlib.Path, write: Callable[[Any], None]) -> None:
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    with open(tmp, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-
-
 def make_features_step(model: transfer.TransferModel, mesh: Any = None,
                        compiler_options: dict | None = None) -> Callable:
   """Jitted `(variables, images [B, H, W, 3]) -> features [B, h, w, C]` (eval-mode backbone)."""
@@ -236,7 +216,7 @@ class FeatureCache:
       return None
     try:
       meta = json.loads(side.read_text())
-      if _file_sha256(npy) != meta['sha256']:
+      if weights.file_digest(npy) != meta['sha256']:
         raise ValueError('sha256 differs from the sidecar')
       feats = np.load(npy, allow_pickle=False)
       if feats.shape[0] != count or list(feats.shape) != meta['shape']:
@@ -252,10 +232,12 @@ class FeatureCache:
       return
     self.dir.mkdir(parents=True, exist_ok=True)
     npy, side = self._paths(split)
-    _atomic_write(npy, lambda f: np.save(f, feats, allow_pickle=False))
-    meta = {'sha256': _file_sha256(npy), 'shape': list(feats.shape), 'dtype': str(feats.dtype),
-            'split': split, 'ingredients': self.ingredients}
-    _atomic_write(side, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    with weights.atomic_write(npy) as f:
+      np.save(f, feats, allow_pickle=False)
+    meta = {'sha256': weights.file_digest(npy), 'shape': list(feats.shape),
+            'dtype': str(feats.dtype), 'split': split, 'ingredients': self.ingredients}
+    with weights.atomic_write(side) as f:
+      f.write(json.dumps(meta, indent=1).encode())
 
   def _compute(self, split: str, count: int) -> np.ndarray:
     """Backbone forward over `split` in eval batches (manifest order), gathered on the host."""

@@ -142,7 +142,7 @@ def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
 
 
 @contextlib.contextmanager
-def _atomic_write(path: pathlib.Path) -> Iterator[io.BufferedWriter]:
+def atomic_write(path: pathlib.Path) -> Iterator[io.BufferedWriter]:
   """Opens a temporary file next to `path`; renames it to `path` only if the block succeeds."""
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
@@ -382,7 +382,7 @@ def _keras_file(name: str, cache: pathlib.Path, download: bool) -> pathlib.Path:
     log.info('Downloading %s%s', KERAS_URL, file_name)
     try:
       with urllib.request.urlopen(KERAS_URL + file_name, timeout=60) as r, \
-          _atomic_write(path) as f:
+          atomic_write(path) as f:
         for chunk in iter(lambda: r.read(1 << 20), b''):
           f.write(chunk)
     except OSError as e:  # URLError, timeouts, DNS failures.
@@ -408,14 +408,14 @@ def save_converted(flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any],
               parameter_count=int(sum(a.size for a in flat.values())))
   entries = dict(sorted(flat.items()))
   entries[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
-  with _atomic_write(path) as f:
+  with atomic_write(path) as f:
     with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as z:
       for key, array in entries.items():
         info = zipfile.ZipInfo(f'{key}.npy', date_time=(1980, 1, 1, 0, 0, 0))
         with z.open(info, 'w', force_zip64=True) as out:
           np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
   sha = file_digest(path)
-  with _atomic_write(path.with_name(path.name + '.sha256')) as f:
+  with atomic_write(path.with_name(path.name + '.sha256')) as f:
     f.write(f'{sha}  {path.name}\n'.encode())
   return sha
 
