@@ -35,6 +35,7 @@ Parameter tree (`params`), batch statistics (`batch_stats`: `mean`, `var`) mirro
 
 `UNIT_PATHS` lists the 94 conv units in Keras' creation order (the order of Keras' layer name
 suffixes `conv2d_1..94` and of the units in the 2015 TensorFlow graph); weight converters use it.
+`CONCAT_ORDER` names what fills each block's output channels, in order (the branch wiring).
 
 Inputs are NHWC float images already preprocessed (see `inception.preprocessing`); the model
 does not guess the input range.
@@ -89,6 +90,20 @@ def endpoint_shape(image_size: int, endpoint: str) -> tuple[int, ...]:
     return (ENDPOINT_CHANNELS[endpoint],)
   s = endpoint_spatial_size(image_size, endpoint)
   return (s, s, ENDPOINT_CHANNELS[endpoint])
+
+# What fills each block's output channels, in concatenation order: the unit that ends each
+# branch, or 'max_pool' (the block input, max-pooled 3x3/2). Shared by the tests (the forward
+# pass must follow it) and the tf2015 converter (the file's own TorchScript forward must).
+CONCAT_ORDER = {
+    **{b: ('branch1x1', 'branch5x5_2', 'branch3x3dbl_3', 'branch_pool')
+       for b in ('mixed0', 'mixed1', 'mixed2')},
+    'mixed3': ('branch3x3', 'branch3x3dbl_3', 'max_pool'),
+    **{b: ('branch1x1', 'branch7x7_3', 'branch7x7dbl_5', 'branch_pool')
+       for b in ('mixed4', 'mixed5', 'mixed6', 'mixed7')},
+    'mixed8': ('branch3x3_2', 'branch7x7x3_4', 'max_pool'),
+    **{b: ('branch1x1', 'branch3x3_2a', 'branch3x3_2b', 'branch3x3dbl_3a', 'branch3x3dbl_3b',
+           'branch_pool') for b in ('mixed9', 'mixed10')},
+}
 
 
 class ConvBN(nn.Module):

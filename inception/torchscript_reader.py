@@ -1,18 +1,22 @@
 """Reads the tensors of a TorchScript archive (`torch.jit.save` zip) without torch.
 
 A TorchScript file is a zip holding `<prefix>/data.pkl` (a pickle of the module tree),
-`<prefix>/data/<key>` (raw little-endian tensor storages) and `<prefix>/code/...` (TorchScript
-source, which this reader ignores). Unpickling an untrusted file with the standard
+`<prefix>/data/<key>` (raw little-endian tensor storages) and `<prefix>/code/...` (the modules'
+TorchScript source, Python syntax). Unpickling an untrusted file with the standard
 `pickle.Unpickler` can import and call anything, so `_RestrictedUnpickler.find_class` resolves no
 real module or class: it maps the few globals a module tree legitimately uses to inert local
 stand-ins and refuses every other global (e.g. `os system`, `builtins eval`) before anything runs.
 
     root = read(path)                 # TorchScriptObject tree; tensors are numpy arrays
     for path, obj in walk(root): ...  # depth-first, in the file's attribute order
+    concatenations(read_sources(path))  # {class: submodules its forward concatenates, in order}
+
+The source is only parsed (`ast.parse`), never compiled or run.
 """
 
 from __future__ import annotations
 
+import ast
 import collections
 import io
 import os
@@ -158,6 +162,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return np.array(view, dtype=storage.dtype.newbyteorder('='))  # Own, native-order copy.
 
 
+def _open(source: str | os.PathLike | bytes, name: str) -> zipfile.ZipFile:
+  try:
+    return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+  except (zipfile.BadZipFile, EOFError) as e:
+    raise TorchScriptError(f'{name}: not a TorchScript archive (zip): {e}; the file is '
+                           'truncated or corrupt, delete it and fetch it again') from None
+
+
+def _name(source, name: str | None) -> str:
+  if name is not None:
+    return name
+  return '<bytes>' if isinstance(source, bytes) else os.fspath(source)
+
+
 def read(source: str | os.PathLike | bytes, name: str | None = None) -> Any:
   """Unpickles the module tree of a TorchScript archive (path or bytes) without torch.
 
@@ -172,14 +190,8 @@ def read(source: str | os.PathLike | bytes, name: str | None = None) -> Any:
   Raises:
     TorchScriptError: not a zip, truncated, no data.pkl, refused global, bad storage.
   """
-  if name is None:
-    name = '<bytes>' if isinstance(source, bytes) else os.fspath(source)
-  try:
-    archive = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
-  except (zipfile.BadZipFile, EOFError) as e:
-    raise TorchScriptError(f'{name}: not a TorchScript archive (zip): {e}; the file is '
-                           'truncated or corrupt, delete it and fetch it again') from None
-  with archive:
+  name = _name(source, name)
+  with _open(source, name) as archive:
     pickles = [n for n in archive.namelist() if n.endswith('data.pkl') and n.count('/') <= 1]
     if len(pickles) != 1:
       raise TorchScriptError(f'{name}: expected exactly one <prefix>/data.pkl in the archive, '
@@ -204,3 +216,90 @@ def walk(obj: Any, path: str = '') -> Iterator[tuple[str, TorchScriptObject]]:
   elif isinstance(obj, (list, tuple)):
     for i, value in enumerate(obj):
       yield from walk(value, f'{path}[{i}]')
+
+
+def read_sources(source: str | os.PathLike | bytes, name: str | None = None) -> dict[str, str]:
+  """The archive's TorchScript source files as {module name: text}, e.g. '__torch__.inceptionv3'
+  for `<prefix>/code/__torch__/inceptionv3.py` (the prefix of the classes it defines)."""
+  name = _name(source, name)
+  sources = {}
+  with _open(source, name) as archive:
+    for member in archive.namelist():
+      _, sep, module = member.partition('/code/')
+      if sep and module.endswith('.py'):
+        try:
+          sources[module[:-3].replace('/', '.')] = archive.read(member).decode('utf-8')
+        except (UnicodeDecodeError, zipfile.BadZipFile, zlib.error) as e:
+          raise TorchScriptError(f'{name}: cannot read {member}: {e}') from None
+  if not sources:
+    raise TorchScriptError(f'{name}: no TorchScript source (<prefix>/code/*.py) in the archive')
+  return sources
+
+
+def concatenations(sources: dict[str, str], name: str = '<archive>') -> dict[str, list[str]]:
+  """{class qualname: the submodules whose outputs its `forward` concatenates, in order}.
+
+  Covers every class whose forward returns `torch.cat(xs, dim)`, where each element of xs is
+  (after local assignments and `torch.contiguous`) `m.forward(...)` with `m = self.<attribute>`;
+  the attribute names are returned. The source is parsed with `ast`, never run.
+
+  Raises:
+    TorchScriptError: a source that does not parse, or a concatenated element whose producing
+      submodule cannot be told (names the class and the expression).
+  """
+  found = {}
+  for module, text in sources.items():
+    try:
+      tree = ast.parse(text)
+    except SyntaxError as e:
+      raise TorchScriptError(f'{name}: code of {module} does not parse: {e}') from None
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+      forward = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == 'forward']
+      if forward:
+        where = f'{module}.{cls.name}'
+        order = _concatenated_submodules(forward[0], f'{name}: {where}.forward')
+        if order is not None:
+          found[where] = order
+  return found
+
+
+def _concatenated_submodules(forward: ast.FunctionDef, where: str) -> list[str] | None:
+  local = {}  # name -> the expression last assigned to it
+  for statement in forward.body:
+    if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+        and isinstance(statement.targets[0], ast.Name)):
+      local[statement.targets[0].id] = statement.value
+  returns = [s.value for s in forward.body if isinstance(s, ast.Return)]
+  if len(returns) != 1 or not _is_call(returns[0], 'torch', 'cat'):
+    return None
+
+  def resolve(expr):
+    while isinstance(expr, ast.Name) and expr.id in local:
+      expr = local[expr.id]
+    return expr
+
+  items = resolve(returns[0].args[0]) if returns[0].args else None
+  if not isinstance(items, (ast.List, ast.Tuple)):
+    raise TorchScriptError(f'{where}: torch.cat of {ast.unparse(returns[0])}: not a list')
+  order = []
+  for item in items.elts:
+    expr = resolve(item)
+    while _is_call(expr, 'torch', 'contiguous'):
+      expr = resolve(expr.args[0])
+    module = None
+    if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr == 'forward'):
+      module = resolve(expr.func.value)
+    if not (isinstance(module, ast.Attribute) and isinstance(module.value, ast.Name)
+            and module.value.id == 'self'):
+      raise TorchScriptError(f'{where}: cannot tell which submodule produces the concatenated '
+                             f'{ast.unparse(item)} (= {ast.unparse(expr)})')
+    order.append(module.attr)
+  return order
+
+
+def _is_call(expr, owner: str, function: str) -> bool:
+  """Whether expr is `owner.function(...)`, e.g. torch.cat(...)."""
+  return (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute)
+          and expr.func.attr == function and isinstance(expr.func.value, ast.Name)
+          and expr.func.value.id == owner and bool(expr.args))

