@@ -70,10 +70,6 @@ def _options(compiler_options: dict | None) -> dict:
   return xla_options.compiler_options() if compiler_options is None else compiler_options
 
 
-def _select(ok: jax.Array, new: Any, old: Any) -> Any:
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
                     train_blocks: Collection[str] = (), guard_nonfinite: bool = True,
                     state_sharding: Any = None, batch_sharding: Any = None,
@@ -109,26 +105,33 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
       return loss.mean(), (correct.mean(), stats)
 
     (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    # Frozen leaves need a gradient leaf for multi_transform's tree; set_to_zero drops it,
-    # and these constant zeros are dead code after compilation.
-    full_grads = param_rules.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
-    new_trainable = optax.apply_updates(trainable, param_rules.split(updates, mask)[0])
 
-    batch_stats = state.batch_stats
-    if train_blocks:
-      # Keep only the trained blocks' statistics so every other one stays bit-for-bit.
-      backbone = dict(batch_stats['backbone'])
-      for block in train_blocks:
-        backbone[block] = stats['backbone'][block]
-      batch_stats = {**batch_stats, 'backbone': backbone}
+    def update(trainable, opt_state, batch_stats, grads, stats):
+      # Frozen leaves need a gradient leaf for multi_transform's tree; set_to_zero drops it,
+      # and these constant zeros are dead code after compilation.
+      full_grads = param_rules.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+      updates, opt_state = tx.update(full_grads, opt_state,
+                                     param_rules.merge(trainable, frozen))
+      trainable = optax.apply_updates(trainable, param_rules.split(updates, mask)[0])
+      if train_blocks:
+        # Keep only the trained blocks' statistics so every other one stays bit-for-bit.
+        backbone = dict(batch_stats['backbone'])
+        for block in train_blocks:
+          backbone[block] = stats['backbone'][block]
+        batch_stats = {**batch_stats, 'backbone': backbone}
+      return trainable, opt_state, batch_stats
 
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    operands = (trainable, state.opt_state, state.batch_stats, grads, stats)
     if guard_nonfinite:
-      new_trainable = _select(finite, new_trainable, trainable)
-      opt_state = _select(finite, opt_state, state.opt_state)
-      batch_stats = _select(finite, batch_stats, state.batch_stats)
+      # A conditional rather than a select of new vs old values: the update then writes the
+      # donated buffers in place (a select keeps the old optimizer state alive, which costs
+      # XLA a copy of it: ~20% of the Flatten head's step).
+      new_trainable, opt_state, batch_stats = jax.lax.cond(
+          finite, update, lambda t, o, b, *_: (t, o, b), *operands)
+    else:
+      new_trainable, opt_state, batch_stats = update(*operands)
     new_state = TrainState(step=state.step + 1,
                            params=param_rules.merge(new_trainable, frozen),
                            batch_stats=batch_stats, opt_state=opt_state)
