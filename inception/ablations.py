@@ -5,7 +5,8 @@
 
 `--config` may carry extra args for every run (`configs/ablations.py:base=smoke,epochs=1`);
 the runner adds `variant=...,seed=...`. A run whose workdir has summary.json is not redone:
-its results are read back. Writes <workdir>/results.md and results.csv.
+its results are read back. Writes <workdir>/results.csv (one row per run) and results.md (the
+same, then per variant the mean +- std over its seeds).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,13 +59,46 @@ def _fmt(v, column: str = '') -> str:
   return str(v)
 
 
+SUMMARY_COLUMNS = ('test_accuracy', 'best_val_accuracy', 'final_val_accuracy', 'final_val_loss',
+                   'train_accuracy', 'train_loss', 'wall_time_s')
+
+
+def summary_rows(rows: Sequence[dict]) -> list[dict]:
+  """Per variant (in first-seen order): seeds and 'mean +- std' (sample std) of each
+  SUMMARY_COLUMNS entry over its runs; a single run has no std."""
+  by_variant: dict[str, list[dict]] = {}
+  for r in rows:
+    by_variant.setdefault(r['variant'], []).append(r)
+  out = []
+  for variant, runs in by_variant.items():
+    row = {'variant': variant, 'seeds': ','.join(str(r['seed']) for r in runs)}
+    for c in SUMMARY_COLUMNS:
+      values = [r[c] for r in runs if r[c] is not None]
+      if not values:
+        row[c] = ''
+        continue
+      digits = 0 if c == 'wall_time_s' else 4
+      row[c] = f'{statistics.mean(values):.{digits}f}'
+      if len(values) > 1:
+        row[c] += f' +- {statistics.stdev(values):.{digits}f}'
+    out.append(row)
+  return out
+
+
+def _markdown(rows: Sequence[dict], columns: Sequence[str], fmt=_fmt) -> list[str]:
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  return lines + ['| ' + ' | '.join(fmt(r[c], c) for c in columns) + ' |' for r in rows]
+
+
 def write_tables(rows: Sequence[dict], workdir: Path) -> None:
   with open(workdir / 'results.csv', 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS)
     w.writeheader()
     w.writerows(rows)
-  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-  lines += ['| ' + ' | '.join(_fmt(r[c], c) for c in COLUMNS) + ' |' for r in rows]
+  lines = _markdown(rows, COLUMNS)
+  lines += ['', 'Mean +- std over seeds:', '']
+  lines += _markdown(summary_rows(rows), ('variant', 'seeds') + SUMMARY_COLUMNS,
+                     fmt=lambda v, _: str(v))
   if any(r['synthetic'] for r in rows):
     lines.insert(0, '**SYNTHETIC DATA in some runs (synthetic=True): not Animals-10.**\n')
   (workdir / 'results.md').write_text('\n'.join(lines) + '\n')

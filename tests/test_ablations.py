@@ -28,6 +28,19 @@ def test_variants_cover_the_brief_and_validate():
     ablations.get_config('cutt=mixed6')
 
 
+def test_summary_rows_mean_and_sample_std_per_variant():
+  from inception import ablations as runner  # pylint: disable=g-import-not-at-top
+  base = {c: None for c in runner.COLUMNS}
+  rows = [dict(base, variant='a', seed=0, test_accuracy=0.9, wall_time_s=10.0),
+          dict(base, variant='b', seed=0, test_accuracy=0.5, wall_time_s=3.0),
+          dict(base, variant='a', seed=1, test_accuracy=0.8, wall_time_s=20.0)]
+  summary = runner.summary_rows(rows)
+  assert [(r['variant'], r['seeds']) for r in summary] == [('a', '0,1'), ('b', '0')]
+  assert summary[0]['test_accuracy'] == '0.8500 +- 0.0707'  # Sample std of 0.9, 0.8.
+  assert summary[0]['wall_time_s'] == '15 +- 7'
+  assert summary[1]['test_accuracy'] == '0.5000' and summary[1]['train_loss'] == ''
+
+
 @pytest.mark.slow
 def test_runner_two_tiny_variants_and_noop_rerun(tmp_path, monkeypatch):
   pytest.importorskip('data')
@@ -45,6 +58,7 @@ def test_runner_two_tiny_variants_and_noop_rerun(tmp_path, monkeypatch):
   assert [t['variant'] for t in table] == ['baseline', 'dropout_0.5']
   md = (tmp_path / 'abl' / 'results.md').read_text()
   assert 'SYNTHETIC' in md and '| dropout_0.5 | 0 |' in md
+  assert 'Mean +- std over seeds' in md and '| dropout_0.5 | 0 | ' in md.split('Mean')[1]
   mtime = os.path.getmtime(tmp_path / 'abl' / 'baseline_seed0' / 'summary.json')
   logs = []
   again = runner.run(cfg, tmp_path / 'abl', variants=['baseline', 'dropout_0.5'], seeds=[0],
