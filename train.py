@@ -14,13 +14,14 @@ command resumes the same run.
 
 from __future__ import annotations
 
-import re
+import difflib
 import sys
 from pathlib import Path
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally `path.py:k=v,k=v`.',
@@ -90,26 +91,25 @@ def main(argv) -> int:
 
 
 def _unknown_key_message(error: Exception, argv: list[str]) -> str:
-  """'no such key ...' with the valid keys of its section (per configs/default.py)."""
-  raw = str(error).encode().decode('unicode_escape')
-  found = re.search(r"'([A-Za-z0-9_]+)'", raw)
-  key = found.group(1) if found else raw
-  hint = re.search(r'Did you mean .*\?', raw)
-  text = f'no such key {key!r}' + (f' ({hint.group(0)})' if hint else '')
+  """'no such key ...' for the first --config.<path>=... override that names no key of
+  configs/default.py, with the valid keys of its section; else the error's own text."""
+  from configs import default  # pylint: disable=g-import-not-at-top
   for arg in argv:
-    path = arg[len('--config.'):].split('=', 1)[0].split('.') if arg.startswith(
-        '--config.') else []
-    if path and path[-1] == key:
-      from configs import default  # pylint: disable=g-import-not-at-top
-      section = default.get_config()
-      try:
-        for part in path[:-1]:
-          section = section[part]
-        text += f'; valid keys in config.{".".join(path[:-1]) or "<top>"}: ' + ', '.join(
-            sorted(section.keys()))
-      except (KeyError, AttributeError, TypeError):
-        pass
-  return text
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0].split('.')
+    section = default.get_config()
+    for depth, part in enumerate(path):
+      if not isinstance(section, ml_collections.ConfigDict):
+        break
+      if part not in section:
+        keys = sorted(section.keys())
+        close = difflib.get_close_matches(part, keys, n=1)
+        hint = f' (did you mean {close[0]!r}?)' if close else ''
+        return (f'no such key {part!r}{hint}; valid keys in '
+                f'{".".join(["config", *path[:depth]])}: {", ".join(keys)}')
+      section = section[part]
+  return str(error).strip()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
