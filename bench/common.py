@@ -1,8 +1,9 @@
-"""Shared pieces of the benchmarks: environment report, A/B alternation, FLOPs, peak, Keras.
+"""Shared pieces of the benchmarks: environment report, A/B alternation, FLOPs, matmul peak.
 
 Every benchmark times its contenders alternately (A B A B ...) after warm-up and compilation and
 reports medians: on a shared machine absolute times are noise, ratios measured side by side are
-the figures.
+the figures. Nothing here builds a Keras model: the Keras 2 side (the seed's model, the weight
+copy both ways) is `keras_models.py`.
 """
 
 from __future__ import annotations
@@ -33,18 +34,38 @@ def quiet_tensorflow() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
-def environment() -> str:
-  """One block of text: CPUs, load, library versions (printed at the top of every bench)."""
-  versions = []
-  for dist in ('jax', 'jaxlib', 'flax', 'optax', 'tensorflow', 'tf_keras', 'numpy'):
+VERSIONED = ('jax', 'jaxlib', 'flax', 'optax', 'tensorflow', 'tf_keras', 'numpy')
+
+
+def versions(dists: tuple[str, ...] = VERSIONED) -> dict[str, str]:
+  """{distribution: version} of those of `dists` that are installed."""
+  found = {}
+  for dist in dists:
     try:
-      versions.append(f'{dist} {importlib.metadata.version(dist)}')
+      found[dist] = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
       pass
-  load = ', '.join(f'{x:.2f}' for x in os.getloadavg())
-  return (f'# host: {platform.node()} {platform.machine()}, os.cpu_count()={os.cpu_count()}, '
-          f'load average (1/5/15 min) {load}\n# python {platform.python_version()}; '
-          f'{"; ".join(versions)}\n# XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  return found
+
+
+def environment_facts() -> dict[str, Any]:
+  """Host, CPUs, load average, platform, library versions and XLA_FLAGS, JSON-able."""
+  return {
+      'host': platform.node(), 'machine': platform.machine(), 'platform': platform.platform(),
+      'python': platform.python_version(), 'cpu_count': os.cpu_count(),
+      'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+      **versions(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+
+
+def environment() -> str:
+  """One block of text: CPUs, load, library versions (printed at the top of every bench)."""
+  facts = environment_facts()
+  load = ', '.join(f'{x:.2f}' for x in facts['load_average'] or ())
+  versions_text = '; '.join(f'{dist} {facts[dist]}' for dist in VERSIONED if dist in facts)
+  return (f'# host: {facts["host"]} {facts["machine"]}, os.cpu_count()={facts["cpu_count"]}, '
+          f'load average (1/5/15 min) {load}\n# python {facts["python"]}; '
+          f'{versions_text}\n# XLA_FLAGS={facts["xla_flags"]!r}')
 
 
 def alternate(contenders: Mapping[str, Callable[[], Any]], repeats: int, calls: int = 1,
@@ -126,86 +147,3 @@ def random_images(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> np.ndarray:
   """[n, size, size, 3] float32 in [0, 1] (already `rescale`d), and labels [n] in {0, 1}."""
   rng = np.random.default_rng(seed)
   return rng.uniform(0.0, 1.0, (n, size, size, 3)).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Keras 2 reference and weight copy.
-
-
-def keras_backbone(size: int = IMAGE_SIZE, cut: str = CUT, seed: int = 0):
-  """tf_keras InceptionV3(weights=None) cut at `cut`, frozen, with random BatchNorm statistics.
-
-  The random moving mean/variance/beta make the feature comparison with ours test the
-  BatchNorm arithmetic too (Keras initialises them to 0/1/0).
-  """
-  quiet_tensorflow()
-  import tf_keras as keras
-  keras.utils.set_random_seed(seed)
-  base = keras.applications.InceptionV3(include_top=False, weights=None,
-                                        input_shape=(size, size, 3))
-  backbone = keras.Model(base.inputs, base.get_layer(cut).output)
-  rng = np.random.default_rng(seed)
-  for layer in backbone.layers:
-    layer.trainable = False
-    if isinstance(layer, keras.layers.BatchNormalization):
-      beta, mean, var = layer.get_weights()
-      layer.set_weights([rng.normal(0, 0.3, beta.shape), rng.normal(0, 0.5, mean.shape),
-                         rng.uniform(0.3, 3.0, var.shape)])
-  return backbone
-
-
-def keras_to_flax_variables(backbone) -> dict[str, Any]:
-  """Copies a Keras InceptionV3's conv/BatchNorm weights into our param tree, by layer order.
-
-  Keras creates the 94 conv units in `model.UNIT_PATHS` order; conv layer names carry a global
-  counter (`conv2d`, `conv2d_1`, ...), so units are sorted by that number and each conv's
-  BatchNorm is the layer its output feeds.
-  """
-  import tf_keras as keras
-  from inception import model as model_lib
-
-  def number(name: str) -> int:
-    tail = name.rsplit('_', 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-  convs = sorted((l for l in backbone.layers if isinstance(l, keras.layers.Conv2D)),
-                 key=lambda l: number(l.name))
-  params, stats = {}, {}
-  for (block, unit), conv in zip(model_lib.UNIT_PATHS, convs):
-    bn = conv.outbound_nodes[0].outbound_layer
-    if not isinstance(bn, keras.layers.BatchNormalization):
-      raise ValueError(f'Keras layer {conv.name} feeds {bn.name}, not a BatchNormalization')
-    (kernel,) = conv.get_weights()
-    beta, mean, var = bn.get_weights()
-    params.setdefault(block, {})[unit] = {'conv': {'kernel': kernel}, 'bn': {'bias': beta}}
-    stats.setdefault(block, {})[unit] = {'bn': {'mean': mean, 'var': var}}
-  return {'params': params, 'batch_stats': stats}
-
-
-def keras_head(features_shape: tuple[int, ...], seed: int = 0):
-  """The seed notebook's head: Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, sigmoid)."""
-  import tf_keras as keras
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input(features_shape)
-  x = keras.layers.Flatten()(inputs)
-  x = keras.layers.Dense(1024, activation='relu')(x)
-  x = keras.layers.Dropout(0.2)(x)
-  return keras.Model(inputs, keras.layers.Dense(1, activation='sigmoid')(x))
-
-
-def keras_transfer_model(backbone, seed: int = 0):
-  """Frozen backbone + head, compiled as the notebook: RMSprop(1e-3), binary cross-entropy."""
-  import tf_keras as keras
-  head = keras_head(tuple(backbone.output.shape[1:]), seed)
-  model = keras.Model(backbone.inputs, head(backbone.output))
-  model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
-                loss='binary_crossentropy', metrics=['accuracy'])
-  return model
-
-
-def keras_augmentation(rescale: float | None = 1 / 255):
-  """The seed notebook's ImageDataGenerator (for 0..255 inputs, as the notebook's)."""
-  import tf_keras as keras
-  return keras.preprocessing.image.ImageDataGenerator(
-      rescale=rescale, rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2,
-      zoom_range=0.2, horizontal_flip=True, fill_mode='nearest')

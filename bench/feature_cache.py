@@ -12,8 +12,8 @@ synthetic data set; no test split (not part of an epoch). Runs, in one process:
      the train and validation features, later epochs train the head on them. Epoch time = time
      between the trainer's epoch lines (training + validation; checkpoints only after the last).
   2. The same with head 'gap' (the features come from the cache of run 1).
-  3. tf_keras `model.fit` of the same train/validation arrays (`bench.keras_recipe.build_model`:
-     frozen backbone + Flatten head, same weights), --keras-epochs epochs.
+  3. tf_keras `model.fit` of the same train/validation arrays (`bench/keras_models.py`
+     `build_model`: frozen backbone + Flatten head, same weights), --keras-epochs epochs.
   4. The flatten head step alone: XLA cost analysis FLOPs, median step time, GFLOP/s vs the
      measured float32 matmul peak (`bench.common.matmul_peak`), and the memory-bandwidth floor
      (its 154 MB Dense kernel goes through memory ~7 times a step; measured copy bandwidth).
@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import keras_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras_recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -139,7 +140,7 @@ def keras_epochs(config, epochs: int) -> list[float]:
 
   (x, y), (xv, yv) = arrays('train'), arrays('validation')
   variables = jax.device_get(weights.load(config.model.weights).variables)
-  model = keras_recipe.build_model(config.data.image_size, variables, config.model.cut)
+  model = keras_models.build_model(config.data.image_size, variables, config.model.cut)
   timer = keras_recipe._epoch_timer()  # pylint: disable=protected-access
   model.fit(x, y, batch_size=config.train.batch_size, epochs=epochs, shuffle=True,
             validation_data=(xv, yv), callbacks=[timer], verbose=2)
@@ -160,7 +161,7 @@ def main(argv=None) -> None:
   if args.epochs < 2:
     p.error('--epochs must be >= 2 (epoch 1 computes the features)')
   common.quiet_tensorflow()
-  keras_recipe.configure_tensorflow(args.threads)
+  keras_models.configure_tensorflow(args.threads)
   if args.data_path is None:
     args.data_path = keras_recipe._default_data_path()  # pylint: disable=protected-access
   print(common.environment(), flush=True)

@@ -13,9 +13,9 @@ Reproduces, as faithfully as tf_keras allows, the seed transfer-learning noteboo
 
 The ImageNet weights are the project's converted 2015 TensorFlow graph
 (`inception.weights.load('tf2015')`), loaded into Keras by conv/BN creation order (see
-`load_flax_variables`), so Keras and Flax start from identical numbers. The 2015 graph's
-mixed10 pool branch is a max pool where Keras' InceptionV3 has an average pool; that block is
-after the mixed7 cut, so it does not matter here.
+`keras_models.load_flax_variables`), so Keras and Flax start from identical numbers. The 2015
+graph's mixed10 pool branch is a max pool where Keras' InceptionV3 has an average pool; that
+block is after the mixed7 cut, so it does not matter here.
 
 Per seed s: the data split uses `split_seed=s` (`data.prepare`, so Keras reads exactly the files
 our Flax runs use), `tf_keras.utils.set_random_seed(s)` seeds python/numpy/TF, and the training
@@ -28,6 +28,8 @@ Usage (from the repo root):
 
 Writes a JSON (per-epoch history, final train/validation/test metrics, wall times,
 environment) and prints a per-seed table with mean +- std next to the seed notebook's numbers.
+
+This file is the recipe runner; the Keras model and the weight copy are in `keras_models.py`.
 """
 
 from __future__ import annotations
@@ -37,145 +39,25 @@ import json
 import math
 import os
 import pathlib
-import platform
-import re
 import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
+BENCH_DIR = str(pathlib.Path(__file__).resolve().parent)
+if BENCH_DIR not in sys.path:  # Also when loaded by file path (tests): find the siblings.
+  sys.path.insert(0, BENCH_DIR)
+# `common` also puts the repo root on sys.path (for `inception` and `data`).
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import keras_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # Run as a script: make `inception` and `data` importable.
-  sys.path.insert(0, str(REPO_ROOT))
+REPO_ROOT = common.REPO_ROOT
 
 # The seed notebook's final-epoch numbers (train acc, val acc, train loss, val loss).
 SEED_REPORTED = {'accuracy': 0.9433, 'val_accuracy': 0.9200, 'loss': 0.2262,
                  'val_loss': 0.3355}
 HISTORY_KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy')
-NUM_UNITS = 94  # Conv+BN units of InceptionV3 (`inception.model.UNIT_PATHS`).
-TRAIN_AUGMENTATION = dict(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
-                          shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
-
-
-def configure_tensorflow(threads: int) -> None:
-  """Limits TF's CPU thread pools to `threads` (must run before TF executes anything)."""
-  import tensorflow as tf
-  tf.config.threading.set_intra_op_parallelism_threads(threads)
-  tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def _suffix(name: str) -> int:
-  """Numeric suffix of a Keras auto-generated layer name: 'conv2d' -> 0, 'conv2d_12' -> 12."""
-  m = re.search(r'_(\d+)$', name)
-  return int(m.group(1)) if m else 0
-
-
-def keras_units(model) -> list[tuple[Any, Any]]:
-  """The 94 (Conv2D, BatchNormalization) layer pairs of a Keras InceptionV3, in creation order.
-
-  Keras names them conv2d[_k] / batch_normalization[_k] with k increasing in creation order
-  (k may start above 0 when other models were built first), which is the order of
-  `inception.model.UNIT_PATHS`.
-  """
-  convs = [l for l in model.layers if re.fullmatch(r'conv2d(_\d+)?', l.name)]
-  bns = [l for l in model.layers if re.fullmatch(r'batch_normalization(_\d+)?', l.name)]
-  if len(convs) != NUM_UNITS or len(bns) != NUM_UNITS:
-    raise ValueError(f'Keras model {model.name!r} has {len(convs)} conv2d and {len(bns)} '
-                     f'batch_normalization layers; an InceptionV3 has {NUM_UNITS} of each')
-  convs.sort(key=lambda l: _suffix(l.name))
-  bns.sort(key=lambda l: _suffix(l.name))
-  return list(zip(convs, bns))
-
-
-def load_flax_variables(model, variables: Mapping[str, Any]) -> int:
-  """Copies Flax InceptionV3 variables into a Keras `applications.InceptionV3`, in place.
-
-  Args:
-    model: `tf_keras.applications.InceptionV3(include_top=False, weights=None, ...)`.
-    variables: {'params', 'batch_stats'} nested dicts keyed like `inception.model`: unit
-      (block, unit) has params[block][unit]['conv']['kernel'] [kh, kw, in, out] (HWIO, as
-      Keras), params[block][unit]['bn']['bias'] [out], batch_stats[block][unit]['bn']['mean'
-      | 'var'] [out]. Blocks absent from `variables` (e.g. after `select_blocks`) are skipped.
-
-  Returns:
-    The number of units loaded; the first ones in creation order (e.g. 64 up to mixed7).
-
-  Keras' BatchNormalization here has scale=False: weights [beta, moving_mean,
-  moving_variance]; epsilon 1e-3 on both sides.
-  """
-  from inception.model import UNIT_PATHS
-  params, stats = variables['params'], variables['batch_stats']
-  loaded = 0
-  for (block, unit), (conv, bn) in zip(UNIT_PATHS, keras_units(model)):
-    if block not in params:
-      continue
-    where = f'{block}/{unit}'
-    try:
-      kernel = np.asarray(params[block][unit]['conv']['kernel'], np.float32)
-      beta = np.asarray(params[block][unit]['bn']['bias'], np.float32)
-      mean = np.asarray(stats[block][unit]['bn']['mean'], np.float32)
-      var = np.asarray(stats[block][unit]['bn']['var'], np.float32)
-    except KeyError as e:
-      raise ValueError(f'variables lack {where} entry {e}; expected params {where}/conv/kernel, '
-                       f'{where}/bn/bias and batch_stats {where}/bn/mean, var') from None
-    expected_kernel = tuple(conv.kernel.shape)
-    if kernel.shape != expected_kernel:
-      raise ValueError(f'{where}/conv/kernel has shape {kernel.shape}; Keras layer '
-                       f'{conv.name!r} needs {expected_kernel} (HWIO)')
-    bn_shapes = [tuple(w.shape) for w in bn.weights]
-    if len(bn_shapes) != 3 or any(x.shape != s for x, s in zip((beta, mean, var), bn_shapes)):
-      raise ValueError(f'{where}/bn: bias {beta.shape}, mean {mean.shape}, var {var.shape} do '
-                       f'not match Keras layer {bn.name!r} weights {bn_shapes} '
-                       '(beta, moving_mean, moving_variance; built with scale=False)')
-    conv.set_weights([kernel])
-    bn.set_weights([beta, mean, var])
-    loaded += 1
-  if loaded == 0:
-    raise ValueError(f'variables have none of the InceptionV3 blocks; top-level params keys: '
-                     f'{sorted(params)}')
-  return loaded
-
-
-def build_model(image_size: int = 150, variables: Mapping[str, Any] | None = None,
-                cut: str = 'mixed7', learning_rate: float = 1e-3):
-  """The seed's compiled Keras model: frozen InceptionV3 up to `cut` + the dense head.
-
-  Args:
-    image_size: square input side, pixels (>= 75).
-    variables: Flax variables to load (see `load_flax_variables`); None keeps Keras' random
-      initialisation (tests only). Every unit up to `cut` must be present.
-    cut: name of the Keras layer whose output feeds the head ('mixed7' in the seed).
-    learning_rate: RMSprop learning rate.
-
-  Returns:
-    tf_keras.Model: [N, S, S, 3] images in [0, 1] -> [N, 1] probabilities of class 1.
-  """
-  import tf_keras
-  from inception.model import BLOCKS
-  if variables is not None and cut in BLOCKS:
-    # Checked before building Keras' model: a cut past the loaded blocks would silently
-    # keep random weights there.
-    missing = [b for b in BLOCKS[:BLOCKS.index(cut) + 1] if b not in variables['params']]
-    if missing:
-      raise ValueError(f'variables lack blocks {missing} that the cut at {cut!r} needs; load '
-                       f'the full variables (not select_blocks below {cut!r})')
-  base = tf_keras.applications.InceptionV3(include_top=False, weights=None,
-                                           input_shape=(image_size, image_size, 3))
-  if variables is not None:
-    load_flax_variables(base, variables)
-  for layer in base.layers:
-    layer.trainable = False
-  x = tf_keras.layers.Flatten()(base.get_layer(cut).output)
-  x = tf_keras.layers.Dense(1024, activation='relu')(x)
-  x = tf_keras.layers.Dropout(0.2)(x)
-  x = tf_keras.layers.Dense(1, activation='sigmoid')(x)
-  model = tf_keras.Model(base.input, x)
-  model.compile(optimizer=tf_keras.optimizers.RMSprop(learning_rate=learning_rate),
-                loss='binary_crossentropy', metrics=['accuracy'])
-  return model
 
 
 def _epoch_timer():
@@ -269,7 +151,7 @@ def run_recipe(train_dir: str | os.PathLike, validation_dir: str | os.PathLike,
   classes = list(class_names) if class_names else None
   flow_args = dict(target_size=(image_size, image_size), batch_size=batch_size,
                    class_mode='binary', classes=classes, follow_links=True)
-  train_gen = ImageDataGenerator(rescale=1.0 / 255, **TRAIN_AUGMENTATION)
+  train_gen = keras_models.augmentation(rescale=1.0 / 255)
   eval_gen = ImageDataGenerator(rescale=1.0 / 255)
   train_flow = train_gen.flow_from_directory(str(train_dir), shuffle=True, seed=seed,
                                              **flow_args)
@@ -298,7 +180,7 @@ def run_recipe(train_dir: str | os.PathLike, validation_dir: str | os.PathLike,
   steps = steps_per_epoch or math.ceil(train_flow.samples / batch_size)
   val_steps = validation_steps or math.ceil(val_flow.samples / batch_size)
 
-  model = build_model(image_size, variables, cut, learning_rate)
+  model = keras_models.build_model(image_size, variables, cut, learning_rate)
   timer = _epoch_timer()
   start = time.perf_counter()
   fit = model.fit(train_flow, validation_data=val_flow, steps_per_epoch=steps, epochs=epochs,
@@ -337,18 +219,9 @@ def run_recipe(train_dir: str | os.PathLike, validation_dir: str | os.PathLike,
 
 
 def environment(threads: int) -> dict[str, Any]:
-  """Versions and machine facts recorded with the results."""
-  import PIL
-  import scipy
-  import tensorflow as tf
-  import tf_keras
-  return {
-      'python': platform.python_version(), 'platform': platform.platform(),
-      'tensorflow': tf.__version__, 'tf_keras': tf_keras.__version__,
-      'numpy': np.__version__, 'scipy': scipy.__version__, 'pillow': PIL.__version__,
-      'cpu_count': os.cpu_count(), 'tf_threads': threads,
-      'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
-  }
+  """Versions and machine facts recorded with the results (`common.environment_facts`)."""
+  return {**common.environment_facts(), **common.versions(('scipy', 'pillow')),
+          'tf_threads': threads}
 
 
 def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -428,8 +301,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the recipe for every seed; returns (and writes to --out) the JSON record."""
   args = _parse_args(argv)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  configure_tensorflow(args.threads)
+  common.quiet_tensorflow()
+  keras_models.configure_tensorflow(args.threads)
   import data
   import data.config
   from inception import weights
@@ -443,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'args': dict(vars(args)),
       'weights': {'source': pretrained.source, 'sha256': pretrained.sha256,
                   'path': str(pretrained.path)},
-      'augmentation': TRAIN_AUGMENTATION, 'seed_reported': SEED_REPORTED,
+      'augmentation': keras_models.TRAIN_AUGMENTATION, 'seed_reported': SEED_REPORTED,
       'environment': environment(args.threads), 'runs': [],
   }
   for seed in args.seeds:

@@ -5,8 +5,10 @@
 
 Both sides run the seed recipe at 150 px: InceptionV3 (weights=None, random BatchNorm statistics)
 cut at mixed7 and frozen -> Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, sigmoid),
-RMSprop 1e-3, batch 20, on the same in-memory arrays. Keras' random weights are copied into ours
-by layer order and the backbone features are asserted equal (<= 1e-4 relative) before timing.
+RMSprop 1e-3, batch 20, on the same in-memory arrays. The Keras side is
+`keras_models.build_model`; its random weights are copied into ours by layer order
+(`keras_models.to_flax_variables`) and the backbone features are asserted equal (<= 1e-4
+relative) before timing.
 
 Sections (each contender timed alternately A B A B ..., after warm-up and compilation, medians):
   forward    backbone features, batch 20 and 64: Keras (tf.function) vs ours (jit): unfolded,
@@ -32,6 +34,7 @@ import os
 import sys
 
 import common  # bench/common.py; also puts the repo root on sys.path.
+import keras_models  # bench/keras_models.py
 
 common.quiet_tensorflow()
 
@@ -55,9 +58,9 @@ def _keras_forward(backbone):
   return lambda x: fn(x).numpy()
 
 
-def check_features(keras_backbone, variables, images: np.ndarray) -> float:
+def check_features(keras_features, variables, images: np.ndarray) -> float:
   """Max relative difference of our (unfolded and folded) mixed7 features vs Keras'."""
-  want = keras_backbone(images, training=False).numpy()
+  want = keras_features(images, training=False).numpy()
   model = model_lib.InceptionV3(stop_at=common.CUT)
   with jax.default_matmul_precision('highest'):
     ours = np.asarray(jax.jit(model.apply)(variables, images))
@@ -69,11 +72,11 @@ def check_features(keras_backbone, variables, images: np.ndarray) -> float:
   return max(errors)
 
 
-def bench_forward(keras_backbone, variables, batches, repeats: int, peak: float) -> dict:
+def bench_forward(keras_features, variables, batches, repeats: int, peak: float) -> dict:
   model = model_lib.InceptionV3(stop_at=common.CUT)
   folded_vars = jax.device_put(folding.fold_batchnorm(variables))
   variables = jax.device_put(variables)
-  keras_fn = _keras_forward(keras_backbone)
+  keras_fn = _keras_forward(keras_features)
   out = {}
   for batch in batches:
     x_np = common.random_images(batch, SIZE, seed=batch)
@@ -132,16 +135,14 @@ def _our_augmented_batches(x_uint8: np.ndarray, y: np.ndarray, config) -> tf.dat
   return ds.batch(BATCH, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def bench_train(keras_backbone, variables, repeats: int, steps_per_timing: int,
+def bench_train(keras_model, keras_features, variables, repeats: int, steps_per_timing: int,
                 peak: float) -> None:
-  import tf_keras as keras
   n = BATCH * 10
   rng = np.random.default_rng(0)
   x_uint8 = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
   y = (np.arange(n) % 2).astype(np.int32)
-  keras_model = common.keras_transfer_model(keras_backbone)
-  flow = common.keras_augmentation(rescale=1 / 255).flow(x_uint8.astype(np.float32), y,
-                                                          batch_size=BATCH, seed=0)
+  flow = keras_models.augmentation(rescale=1 / 255).flow(x_uint8.astype(np.float32), y,
+                                                         batch_size=BATCH, seed=0)
   config, _, step, state = _ours_train_setup(variables)
   batches = _our_augmented_batches(x_uint8, y, config).as_numpy_iterator()
   key = jax.random.key(0)
@@ -173,7 +174,7 @@ def bench_train(keras_backbone, variables, repeats: int, steps_per_timing: int,
   yb = y[:BATCH]
   batch = jax.device_put({'image': xb, 'label': yb})
   compiled_step = step_fast
-  keras_fwd = _keras_forward(keras_backbone)
+  keras_fwd = _keras_forward(keras_features)
   model = model_lib.InceptionV3(stop_at=common.CUT)
   backbone_vars = jax.device_put(variables)
   fwd = jax.jit(model.apply).lower(backbone_vars, batch['image']).compile(
@@ -212,16 +213,18 @@ def main(argv=None) -> None:
   print(common.environment())
   peak = common.matmul_peak()
   print(f'# measured float32 matmul peak (2048^3, jit): {peak / 1e9:.1f} GFLOP/s', flush=True)
-  keras_backbone = common.keras_backbone(SIZE, common.CUT)
-  variables = common.keras_to_flax_variables(keras_backbone)
-  err = check_features(keras_backbone, variables, common.random_images(4, SIZE, seed=1))
+  keras_model = keras_models.build_model(SIZE, cut=common.CUT, seed=0)
+  keras_models.randomize_batchnorm(keras_model, 0)
+  keras_features = keras_models.backbone_of(keras_model, common.CUT)
+  variables = keras_models.to_flax_variables(keras_features)
+  err = check_features(keras_features, variables, common.random_images(4, SIZE, seed=1))
   print(f'# features ours == Keras at {common.CUT}: max relative difference {err:.1e} '
         '(unfolded and folded)', flush=True)
   if not args.skip_forward:
-    bench_forward(keras_backbone, variables, [int(b) for b in args.batches.split(',')],
+    bench_forward(keras_features, variables, [int(b) for b in args.batches.split(',')],
                   args.repeats, peak)
   if not args.skip_train:
-    bench_train(keras_backbone, variables, args.repeats, args.steps, peak)
+    bench_train(keras_model, keras_features, variables, args.repeats, args.steps, peak)
   print(f'\n# load average at the end: {", ".join(f"{x:.2f}" for x in os.getloadavg())}')
 
 

@@ -22,6 +22,7 @@ import argparse
 import sys
 
 import common  # bench/common.py; also puts the repo root on sys.path.
+import keras_models  # bench/keras_models.py
 
 common.quiet_tensorflow()
 
@@ -59,14 +60,16 @@ def main(argv=None) -> None:
   p.add_argument('--variants', default=','.join(VARIANTS))
   args = p.parse_args(argv)
   print(common.environment())
-  keras_backbone = common.keras_backbone(common.IMAGE_SIZE, common.CUT)
-  variables = common.keras_to_flax_variables(keras_backbone)
+  keras_model = keras_models.build_model(common.IMAGE_SIZE, cut=common.CUT, seed=0)
+  keras_models.randomize_batchnorm(keras_model, 0)
+  keras_features = keras_models.backbone_of(keras_model, common.CUT)
+  variables = keras_models.to_flax_variables(keras_features)
   folded_vars = jax.device_put(folding.fold_batchnorm(variables))
   variables = jax.device_put(variables)
   x_np = common.random_images(args.batch, common.IMAGE_SIZE)
   x = jax.device_put(x_np)
   model = model_lib.InceptionV3(stop_at=common.CUT)
-  keras_fn = tf.function(lambda t: keras_backbone(t, training=False))
+  keras_fn = tf.function(lambda t: keras_features(t, training=False))
   contenders = {'keras (tf.function)': lambda: keras_fn(x_np).numpy()}
   reference = keras_fn(x_np).numpy()
   for name in args.variants.split(','):

@@ -1,4 +1,5 @@
-"""Tests of bench/keras_recipe.py: the Flax -> Keras weight loader and a tiny end-to-end run."""
+"""Tests of bench/keras_models.py (the weight copy both ways, the seed's model) and
+bench/keras_recipe.py (a tiny end-to-end run, summary and table)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ if str(REPO_ROOT) not in sys.path:
 
 
 def _load_recipe():
+  """bench/keras_recipe.py loaded by file path, as bench/ is not a package nor on sys.path."""
   spec = importlib.util.spec_from_file_location('keras_recipe',
                                                 REPO_ROOT / 'bench' / 'keras_recipe.py')
   module = importlib.util.module_from_spec(spec)
@@ -28,6 +30,7 @@ def _load_recipe():
 
 
 recipe = _load_recipe()
+keras_models = recipe.keras_models  # bench/keras_models.py, the module the recipe runs on.
 
 
 def _random_flax_variables(image_size: int, stop_at: str, seed: int = 0):
@@ -67,18 +70,19 @@ def keras_base():
 
 def test_suffix_orders_keras_names_numerically():
   names = ['conv2d_10', 'conv2d', 'conv2d_2', 'conv2d_1']
-  assert sorted(names, key=recipe._suffix) == ['conv2d', 'conv2d_1', 'conv2d_2', 'conv2d_10']
+  assert sorted(names, key=keras_models._suffix) == ['conv2d', 'conv2d_1', 'conv2d_2', 'conv2d_10']
 
 
 @pytest.mark.slow
-def test_loaded_keras_backbone_matches_flax_at_mixed7(keras_base):
+def test_loaded_keras_model_matches_flax_at_mixed7(keras_base):
   """Keras with the loaded variables computes the Flax model's mixed7 (float32 rounding)."""
   import jax
   size = 75
   flax_model, variables = _random_flax_variables(size, 'mixed7')
   base = keras_base
-  assert [c.name for c, _ in recipe.keras_units(base)][:2] == ['conv2d_94', 'conv2d_95']
-  assert recipe.load_flax_variables(base, variables) == 70  # stem 5 + mixed0-2 3x7 + mixed3 4 + mixed4-7 4x10.
+  assert [c.name for c, _ in keras_models.keras_units(base)][:2] == ['conv2d_94', 'conv2d_95']
+  # stem 5 + mixed0-2 3x7 + mixed3 4 + mixed4-7 4x10.
+  assert keras_models.load_flax_variables(base, variables) == 70
   images = np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
   expected = np.asarray(jax.jit(flax_model.apply)(variables, images))
   keras_mixed7 = tf_keras.Model(base.input, base.get_layer('mixed7').output)
@@ -95,14 +99,45 @@ def test_load_rejects_wrong_kernel_shape(keras_base):
   variables['params']['stem']['conv2d_2a_3x3']['conv']['kernel'] = kernel[:, :, :, :16]
   with pytest.raises(ValueError, match=r'stem/conv2d_2a_3x3/conv/kernel has shape '
                                        r'\(3, 3, 32, 16\).*\(3, 3, 32, 32\)'):
-    recipe.load_flax_variables(keras_base, variables)
+    keras_models.load_flax_variables(keras_base, variables)
 
 
 def test_build_model_rejects_variables_short_of_the_cut():
   _, variables = _random_flax_variables(75, 'stem')
   with pytest.raises(ValueError, match=r"lack blocks \['mixed0', .*'mixed7'\] that the cut "
                                        r"at 'mixed7' needs"):
-    recipe.build_model(75, variables, cut='mixed7')
+    keras_models.build_model(75, variables, cut='mixed7')
+
+
+@pytest.mark.slow
+def test_weight_copy_round_trips_through_a_fresh_model():
+  """Keras -> Flax -> another Keras model -> Flax gives the same arrays, in our layout."""
+  import jax
+  from inception.model import InceptionV3
+  source = keras_models.build_model(75, cut='mixed2', seed=0)
+  keras_models.randomize_batchnorm(source, seed=0)
+  variables = keras_models.to_flax_variables(source)
+  shapes = jax.eval_shape(InceptionV3(stop_at='mixed2').init, jax.random.PRNGKey(0),
+                          np.zeros((1, 75, 75, 3), np.float32))
+  assert (jax.tree_util.tree_map(np.shape, variables) ==
+          jax.tree_util.tree_map(lambda x: x.shape, {k: shapes[k] for k in variables}))
+  target = keras_models.build_model(75, cut='mixed2', seed=1)
+  fresh = keras_models.to_flax_variables(target)
+  assert not np.array_equal(fresh['params']['stem']['conv2d_1a_3x3']['conv']['kernel'],
+                            variables['params']['stem']['conv2d_1a_3x3']['conv']['kernel'])
+  assert keras_models.load_flax_variables(target, variables) == 26  # stem 5 + mixed0-2 3x7.
+  copied = keras_models.to_flax_variables(target)
+  assert jax.tree_util.tree_structure(copied) == jax.tree_util.tree_structure(variables)
+  for got, want in zip(jax.tree_util.tree_leaves(copied), jax.tree_util.tree_leaves(variables)):
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_keras_units_rejects_a_model_without_the_pairs():
+  inputs = tf_keras.Input((8, 8, 3))
+  model = tf_keras.Model(inputs, tf_keras.layers.Conv2D(4, 3)(inputs))
+  with pytest.raises(ValueError, match=r'has 1 conv2d and 0 batch_normalization layers'):
+    keras_models.keras_units(model)
 
 
 def _write_tree(root: pathlib.Path, per_class: int, rng) -> None:
