@@ -39,7 +39,6 @@ import keras_models  # bench/keras_models.py
 common.quiet_tensorflow()
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 

@@ -278,7 +278,7 @@ def _concatenated_submodules(forward: ast.FunctionDef, where: str) -> list[str] 
       expr = local[expr.id]
     return expr
 
-  items = resolve(returns[0].args[0]) if returns[0].args else None
+  items = resolve(returns[0].args[0])  # _is_call: torch.cat has an argument.
   if not isinstance(items, (ast.List, ast.Tuple)):
     raise TorchScriptError(f'{where}: torch.cat of {ast.unparse(returns[0])}: not a list')
   order = []
