@@ -13,7 +13,8 @@ xla_cpu_enable_fast_math, xla_cpu_experimental_{ynn,xnn,onednn}_fusion_type (rep
 LIBRARY_FUSION_TYPE_{DOT,ELTWISE,REDUCE,INDIVIDUAL_DOT,INDIVIDUAL_CONVOLUTION}, comma-separated
 in compiler_options; XLA_FLAGS takes lower-case names). xla_cpu_use_thunk_runtime is "no longer
 supported". jaxlib 0.10.2 by default runs every convolution and dot as its own YNNPACK fusion
-(`__ynn_fusion`), with bias add and ReLU as separate XLA loop fusions.
+(`__ynn_fusion`), with bias add and ReLU as separate XLA loop fusions. `unfused_1x1` variants
+run each block's 1x1 units one by one (`InceptionV3(fuse_1x1=False)`) instead of as one conv.
 """
 
 from __future__ import annotations
@@ -35,21 +36,24 @@ from inception import model as model_lib
 
 _T = 'LIBRARY_FUSION_TYPE_'
 YNN = 'xla_cpu_experimental_ynn_fusion_type'
-# name -> (folded?, compiler options)
+# name -> (BatchNorm folded?, compiler options, model overrides)
 VARIANTS = {
-    'default': (False, {}),
-    'folded': (True, {}),
+    'default': (False, {}, {}),
+    'folded': (True, {}, {}),
     'folded+ynn_eltwise': (True, {YNN: f'{_T}INDIVIDUAL_CONVOLUTION,{_T}INDIVIDUAL_DOT,'
-                                       f'{_T}ELTWISE'}),
+                                       f'{_T}ELTWISE'}, {}),
     'folded+ynn_eltwise_reduce': (True, {YNN: f'{_T}INDIVIDUAL_CONVOLUTION,{_T}INDIVIDUAL_DOT,'
-                                              f'{_T}ELTWISE,{_T}REDUCE'}),
-    'no_ynn(eigen)': (False, {YNN: ''}),
-    'folded+no_ynn(eigen)': (True, {YNN: ''}),
-    'folded+no_ynn+single_thread_eigen': (True, {YNN: '', 'xla_cpu_multi_thread_eigen': False}),
-    'folded+fast_math': (True, {'xla_cpu_enable_fast_math': True}),
-    'folded+onednn': (True, {'xla_cpu_use_onednn': True}),
-    'folded+xnnpack': (True, {'xla_cpu_use_xnnpack': True}),
-    'folded+single_thread_eigen': (True, {'xla_cpu_multi_thread_eigen': False}),
+                                              f'{_T}ELTWISE,{_T}REDUCE'}, {}),
+    'no_ynn(eigen)': (False, {YNN: ''}, {}),
+    'no_ynn(eigen)+unfused_1x1': (False, {YNN: ''}, {'fuse_1x1': False}),
+    'folded+no_ynn(eigen)': (True, {YNN: ''}, {}),
+    'folded+no_ynn(eigen)+unfused_1x1': (True, {YNN: ''}, {'fuse_1x1': False}),
+    'folded+no_ynn+single_thread_eigen': (True, {YNN: '', 'xla_cpu_multi_thread_eigen': False},
+                                          {}),
+    'folded+fast_math': (True, {'xla_cpu_enable_fast_math': True}, {}),
+    'folded+onednn': (True, {'xla_cpu_use_onednn': True}, {}),
+    'folded+xnnpack': (True, {'xla_cpu_use_xnnpack': True}, {}),
+    'folded+single_thread_eigen': (True, {'xla_cpu_multi_thread_eigen': False}, {}),
 }
 
 
@@ -73,8 +77,9 @@ def main(argv=None) -> None:
   contenders = {'keras (tf.function)': lambda: keras_fn(x_np).numpy()}
   reference = keras_fn(x_np).numpy()
   for name in args.variants.split(','):
-    fold, options = VARIANTS[name]
+    fold, options, overrides = VARIANTS[name]
     m, v = (folding.folded_model(model), folded_vars) if fold else (model, variables)
+    m = m.clone(**overrides)
     # A fresh function per variant: jit caches traces per function object.
     lowered = jax.jit(lambda v, x, m=m: m.apply(v, x)).lower(v, x)
     try:

@@ -40,7 +40,7 @@ from inception import weights
 from inception import xla_options
 
 MODES = ('auto', 'on', 'off')
-FORMAT_VERSION = 1  # Bump when the features a key names change (e.g. the backbone's code).
+FORMAT_VERSION = 2  # Bump when the features a key names change (e.g. the backbone's code).
 MEMORY_LIMIT_BYTES = 4 * 2**30  # In-process copies kept across runs (oldest evicted first).
 # Where the disk cache lives; None = <cache>/features (data.cache.cache_dir()). Benchmarks point
 # it at a fresh folder to time the feature computation.

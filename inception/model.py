@@ -23,6 +23,10 @@ Every conv unit is Conv (no bias) -> BatchNorm (epsilon 1e-3, momentum 0.99, no 
 -> ReLU, exactly as Keras' `conv2d_bn`. The branch average pools are 3x3 stride-1 `same` pools
 that do *not* count the padding (TensorFlow's semantics; Flax's default counts it).
 
+The 1x1 units of a block that read the block input run as one conv (kernels side by side, the
+pool branch's conv moved before its average pool, which it commutes with): same parameters,
+same values up to float rounding, ~5% faster on CPU (`fuse_1x1`, `_Block.units_1x1`).
+
 Parameter tree (`params`), batch statistics (`batch_stats`: `mean`, `var`) mirror it:
 
     stem/conv2d_1a_3x3/{conv/kernel, bn/bias}      ... five stem units
@@ -47,6 +51,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 BLOCKS = ('stem', 'mixed0', 'mixed1', 'mixed2', 'mixed3', 'mixed4', 'mixed5', 'mixed6',
@@ -111,6 +116,10 @@ class ConvBN(nn.Module):
 
   With `fold_batchnorm` the unit is Conv (with bias) -> ReLU, params `conv/{kernel, bias}`:
   a frozen BatchNorm folded into the conv (see `inception.folding`).
+
+  `conv_output` (keyword): this unit's conv output, bias included when folded, already computed
+  by `_Block.units_1x1` from the unit's own `conv` params; then `x` is not used and only the
+  BatchNorm (unless folded) and the ReLU run here.
   """
   features: int
   kernel_size: tuple[int, int]
@@ -120,19 +129,19 @@ class ConvBN(nn.Module):
   fold_batchnorm: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    if self.fold_batchnorm:
-      if train:
-        raise ValueError('ConvBN with fold_batchnorm=True has no BatchNorm to train; '
-                         'use the unfolded variables for train_blocks')
+  def __call__(self, x, train: bool = False, *, conv_output=None):
+    if self.fold_batchnorm and train:
+      raise ValueError('ConvBN with fold_batchnorm=True has no BatchNorm to train; '
+                       'use the unfolded variables for train_blocks')
+    if conv_output is not None:
+      x = conv_output
+    else:
       x = nn.Conv(self.features, self.kernel_size, self.strides, padding=self.padding,
-                  use_bias=True, dtype=self.dtype, name='conv')(x)
-      return nn.relu(x)
-    x = nn.Conv(self.features, self.kernel_size, self.strides, padding=self.padding,
-                use_bias=False, dtype=self.dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BATCHNORM_MOMENTUM,
-                     epsilon=BATCHNORM_EPSILON, use_scale=False, dtype=self.dtype,
-                     name='bn')(x)
+                  use_bias=self.fold_batchnorm, dtype=self.dtype, name='conv')(x)
+    if not self.fold_batchnorm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=BATCHNORM_MOMENTUM,
+                       epsilon=BATCHNORM_EPSILON, use_scale=False, dtype=self.dtype,
+                       name='bn')(x)
     return nn.relu(x)
 
 
@@ -146,13 +155,61 @@ def max_pool_3x3(x, strides: int = 2, padding: str = 'VALID'):
 
 
 class _Block(nn.Module):
-  """Base of the mixed blocks: `unit(...)` creates a named ConvBN in call order."""
+  """Base of the mixed blocks: `unit(...)` creates a named ConvBN in call order.
+
+  `fuse_1x1`: `units_1x1` computes the 1x1 units that read the block input as one conv.
+  """
   dtype: Any = jnp.float32
   fold_batchnorm: bool = False
+  fuse_1x1: bool = True
 
   def unit(self, name, x, features, kernel, train, strides=1, padding='SAME'):
     return ConvBN(features, kernel, (strides, strides), padding, dtype=self.dtype,
                   fold_batchnorm=self.fold_batchnorm, name=name)(x, train)
+
+  def units_1x1(self, x, units, train, pooled=()):
+    """The block's 1x1 units that read `x` (and `avg_pool_3x3_same(x)`), as one conv.
+
+    Args:
+      x: the block input [N, h, w, C].
+      units: (name, features) of stride-1 1x1 units reading `x`.
+      pooled: (name, features) of 1x1 units reading `avg_pool_3x3_same(x)`.
+      train: as for `unit`.
+
+    Returns:
+      The units' outputs, in the order `units` + `pooled`: the same parameters and values as
+      calling each unit on its input. With `fuse_1x1` the kernels are concatenated along the
+      output channels, so one matmul with N = the sum of the units' features replaces several
+      narrow ones (on CPU ~8% of an InceptionC block at batch 64); a pooled unit's conv runs
+      before the pool (a 1x1 conv and an average pool are both linear, so they commute up to
+      float rounding), so its pool averages the unit's few output channels instead of C.
+    """
+    specs = [(name, features, False) for name, features in units]
+    specs += [(name, features, True) for name, features in pooled]
+    if not self.fuse_1x1 or self.is_initializing():  # Init creates the params unit by unit.
+      return [self.unit(name, avg_pool_3x3_same(x) if is_pooled else x, features, (1, 1), train)
+              for name, features, is_pooled in specs]
+    params = self.variables.get('params', {})
+    for name, _, _ in specs:
+      if name not in params:
+        raise ValueError(f'{self.name}/{name} has no params; initialise the model (or load '
+                         'weights) before applying it')
+    kernel = jnp.concatenate([params[name]['conv']['kernel'] for name, _, _ in specs], axis=-1)
+    x_cast, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    z = jax.lax.conv_general_dilated(x_cast, kernel, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    outputs, start = [], 0
+    for name, features, is_pooled in specs:
+      conv_output = z[..., start:start + features]
+      start += features
+      if is_pooled:
+        conv_output = avg_pool_3x3_same(conv_output)
+      if self.fold_batchnorm:
+        conv_output = conv_output + params[name]['conv']['bias'].astype(self.dtype)
+      unit = ConvBN(features, (1, 1), dtype=self.dtype, fold_batchnorm=self.fold_batchnorm,
+                    name=name)
+      outputs.append(unit(None, train, conv_output=conv_output))
+    return outputs
 
 
 class InceptionA(_Block):
@@ -161,13 +218,12 @@ class InceptionA(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    b1 = self.unit('branch1x1', x, 64, (1, 1), train)
-    b5 = self.unit('branch5x5_1', x, 48, (1, 1), train)
+    b1, b5, b3, bp = self.units_1x1(
+        x, [('branch1x1', 64), ('branch5x5_1', 48), ('branch3x3dbl_1', 64)], train,
+        pooled=[('branch_pool', self.pool_features)])
     b5 = self.unit('branch5x5_2', b5, 64, (5, 5), train)
-    b3 = self.unit('branch3x3dbl_1', x, 64, (1, 1), train)
     b3 = self.unit('branch3x3dbl_2', b3, 96, (3, 3), train)
     b3 = self.unit('branch3x3dbl_3', b3, 96, (3, 3), train)
-    bp = self.unit('branch_pool', avg_pool_3x3_same(x), self.pool_features, (1, 1), train)
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
@@ -190,16 +246,15 @@ class InceptionC(_Block):
   @nn.compact
   def __call__(self, x, train: bool = False):
     c = self.channels_7x7
-    b1 = self.unit('branch1x1', x, 192, (1, 1), train)
-    b7 = self.unit('branch7x7_1', x, c, (1, 1), train)
+    b1, b7, bd, bp = self.units_1x1(
+        x, [('branch1x1', 192), ('branch7x7_1', c), ('branch7x7dbl_1', c)], train,
+        pooled=[('branch_pool', 192)])
     b7 = self.unit('branch7x7_2', b7, c, (1, 7), train)
     b7 = self.unit('branch7x7_3', b7, 192, (7, 1), train)
-    bd = self.unit('branch7x7dbl_1', x, c, (1, 1), train)
     bd = self.unit('branch7x7dbl_2', bd, c, (7, 1), train)
     bd = self.unit('branch7x7dbl_3', bd, c, (1, 7), train)
     bd = self.unit('branch7x7dbl_4', bd, c, (7, 1), train)
     bd = self.unit('branch7x7dbl_5', bd, 192, (1, 7), train)
-    bp = self.unit('branch_pool', avg_pool_3x3_same(x), 192, (1, 1), train)
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
@@ -208,9 +263,8 @@ class InceptionD(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    b3 = self.unit('branch3x3_1', x, 192, (1, 1), train)
+    b3, b7 = self.units_1x1(x, [('branch3x3_1', 192), ('branch7x7x3_1', 192)], train)
     b3 = self.unit('branch3x3_2', b3, 320, (3, 3), train, strides=2, padding='VALID')
-    b7 = self.unit('branch7x7x3_1', x, 192, (1, 1), train)
     b7 = self.unit('branch7x7x3_2', b7, 192, (1, 7), train)
     b7 = self.unit('branch7x7x3_3', b7, 192, (7, 1), train)
     b7 = self.unit('branch7x7x3_4', b7, 192, (3, 3), train, strides=2, padding='VALID')
@@ -227,21 +281,20 @@ class InceptionE(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    b1 = self.unit('branch1x1', x, 320, (1, 1), train)
-    b3 = self.unit('branch3x3_1', x, 384, (1, 1), train)
+    if self.pool not in ('avg', 'max'):
+      raise ValueError(f'InceptionE.pool must be "avg" or "max", got {self.pool!r}')
+    units = [('branch1x1', 320), ('branch3x3_1', 384), ('branch3x3dbl_1', 448)]
+    if self.pool == 'avg':
+      b1, b3, bd, bp = self.units_1x1(x, units, train, pooled=[('branch_pool', 192)])
+    else:  # A max pool does not commute with the conv: its unit runs on its own.
+      b1, b3, bd = self.units_1x1(x, units, train)
+      bp = self.unit('branch_pool', max_pool_3x3(x, strides=1, padding='SAME'), 192, (1, 1),
+                     train)
     b3 = jnp.concatenate([self.unit('branch3x3_2a', b3, 384, (1, 3), train),
                           self.unit('branch3x3_2b', b3, 384, (3, 1), train)], axis=-1)
-    bd = self.unit('branch3x3dbl_1', x, 448, (1, 1), train)
     bd = self.unit('branch3x3dbl_2', bd, 384, (3, 3), train)
     bd = jnp.concatenate([self.unit('branch3x3dbl_3a', bd, 384, (1, 3), train),
                           self.unit('branch3x3dbl_3b', bd, 384, (3, 1), train)], axis=-1)
-    if self.pool == 'avg':
-      pooled = avg_pool_3x3_same(x)
-    elif self.pool == 'max':
-      pooled = max_pool_3x3(x, strides=1, padding='SAME')
-    else:
-      raise ValueError(f'InceptionE.pool must be "avg" or "max", got {self.pool!r}')
-    bp = self.unit('branch_pool', pooled, 192, (1, 1), train)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
@@ -287,6 +340,8 @@ class InceptionV3(nn.Module):
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
     fold_batchnorm: every unit is Conv (with bias) -> ReLU, for variables made by
       `inception.folding.fold_batchnorm` (frozen backbone; no `batch_stats`, no train_blocks).
+    fuse_1x1: compute each block's 1x1 units that read the block input as one conv
+      (`_Block.units_1x1`); same parameters, same values up to float rounding, faster.
 
   Call: `model.apply(variables, images, train_blocks=())` with images [N, H, W, 3] float,
   H, W >= 75. Returns the `stop_at` endpoint: [N, h, w, C] for blocks, [N, 2048] for avg_pool,
@@ -300,6 +355,7 @@ class InceptionV3(nn.Module):
   mixed10_pool: str = 'avg'
   dtype: Any = jnp.float32
   fold_batchnorm: bool = False
+  fuse_1x1: bool = True
 
   @nn.compact
   def __call__(self, x, train_blocks: Collection[str] | bool = ()):
@@ -322,8 +378,8 @@ class InceptionV3(nn.Module):
                        f'{MIN_IMAGE_SIZE} pixels, got {x.shape[1]}x{x.shape[2]}')
     x = x.astype(self.dtype)
     for name, block, kwargs in _block_specs(self.mixed10_pool):
-      x = block(dtype=self.dtype, fold_batchnorm=self.fold_batchnorm, name=name,
-                **kwargs)(x, name in train_blocks)
+      x = block(dtype=self.dtype, fold_batchnorm=self.fold_batchnorm, fuse_1x1=self.fuse_1x1,
+                name=name, **kwargs)(x, name in train_blocks)
       if name == self.stop_at:
         return x
     x = jnp.mean(x, axis=(1, 2))

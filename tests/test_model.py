@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -118,21 +120,64 @@ def test_every_block_concatenates_its_branches_in_concat_order():
     np.testing.assert_array_equal(jnp.concatenate(pieces, -1), outputs[block], err_msg=block)
 
 
-def test_forward_under_jit_is_finite_and_per_example():
-  net = model_lib.InceptionV3(stop_at='mixed7')
-  x = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)
-  # Random variables made with numpy: compiling `net.init` takes over a minute on 2 CPU cores.
-  rng = np.random.default_rng(0)
+def _filled(tree, seed: int = 0):
+  """Random values for an abstract variables tree: He-scaled kernels (activations stay O(1)
+  through the blocks), BatchNorm variances in [0.5, 2], other leaves N(0, 0.1)."""
+  rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
     name = jax.tree_util.keystr(path)
-    if 'kernel' in name:  # He-scaled, so activations stay O(1) through the blocks.
+    if 'kernel' in name:
       fan_in = np.prod(leaf.shape[:-1])
       return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
     if "'var'" in name:
       return rng.uniform(0.5, 2, leaf.shape).astype(np.float32)
     return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-  variables = jax.tree_util.tree_map_with_path(fill, _abstract_variables(net, 75))
+  return jax.tree_util.tree_map_with_path(fill, tree)
+
+
+@pytest.mark.parametrize('mixed10_pool', ['avg', 'max'])
+def test_fused_1x1_units_compute_what_the_units_do_one_by_one(mixed10_pool):
+  """fuse_1x1 (the default) is a faster schedule of the same network: same params, same
+  outputs and BatchNorm updates (to float rounding), unfolded, training and folded."""
+  from inception import folding  # pylint: disable=g-import-not-at-top
+  fused = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool=mixed10_pool)
+  plain = fused.clone(fuse_1x1=False)
+  assert fused.fuse_1x1
+  variables = _filled(_abstract_variables(fused, 75))
+  assert jax.tree.structure(_abstract_variables(plain, 75)) == jax.tree.structure(variables)
+  x = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)
+
+  def run(net, variables):
+    # Training-mode blocks with 2 x 7 x 7 and 2 x 3 x 3 samples per channel (mixed9's 2 x 1 x 1
+    # would turn rounding into large differences through the batch variance).
+    features, updates = net.apply(variables, x, train_blocks=('mixed2', 'mixed6'),
+                                  mutable=['batch_stats'])
+    return net.apply(variables, x), features, updates
+  for got, want in zip(jax.jit(functools.partial(run, fused))(variables),
+                       jax.jit(functools.partial(run, plain))(variables)):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert float(jnp.std(w)) > 0
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
+  folded = folding.fold_batchnorm(variables)
+  got = jax.jit(folding.folded_model(fused).apply)(folded, x)
+  want = jax.jit(folding.folded_model(plain).apply)(folded, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+def test_fused_1x1_units_without_their_params_name_the_unit():
+  net = model_lib.InceptionV3(stop_at='mixed0')
+  variables = _filled(_abstract_variables(net, 75))
+  del variables['params']['mixed0']['branch5x5_1']
+  with pytest.raises(ValueError, match='mixed0/branch5x5_1 has no params'):
+    net.apply(variables, jnp.zeros((1, 75, 75, 3)))
+
+
+def test_forward_under_jit_is_finite_and_per_example():
+  net = model_lib.InceptionV3(stop_at='mixed7')
+  x = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)
+  # Random variables made with numpy: compiling `net.init` takes over a minute on 2 CPU cores.
+  variables = _filled(_abstract_variables(net, 75))
   apply = jax.jit(net.apply)
   out = apply(variables, x)
   assert out.shape == (2, 3, 3, 768) and out.dtype == jnp.float32

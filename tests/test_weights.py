@@ -507,7 +507,8 @@ def _pink_noise_image(size: int, seed: int = 0) -> np.ndarray:
 def _conv_outputs(variables, x) -> dict:
   """{(block, unit): conv output before BatchNorm} of the tf2015 network up to mixed10."""
   import flax.linen as nn
-  net = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool='max')
+  # Unit by unit, so that every unit's conv is an nn.Conv call to capture.
+  net = model_lib.InceptionV3(stop_at='mixed10', mixed10_pool='max', fuse_1x1=False)
   convs = {}
 
   def capture(next_fun, args, kwargs, context):
