@@ -1,4 +1,4 @@
-"""Runs every benchmark in turn with its defaults (`make bench`); about 15 minutes on 2 cores.
+"""Runs the quick benchmarks in turn with their defaults (`make bench`); ~15-20 minutes on 2 cores.
 
     .venv/bin/python bench/run_all.py [--only keras_vs_ours,xla_options,...]
 
@@ -19,6 +19,7 @@ SCRIPTS = {
     'xla_options': [],
     'input_pipeline': [],
     'scaling': [],
+    'head_step': [],
     'gpu': ['--quick'],  # The full run needs an accelerator; --quick proves the script works.
 }
 
