@@ -180,7 +180,7 @@ class _Block(nn.Module):
       The units' outputs, in the order `units` + `pooled`: the same parameters and values as
       calling each unit on its input. With `fuse_1x1` the kernels are concatenated along the
       output channels, so one matmul with N = the sum of the units' features replaces several
-      narrow ones (on CPU ~8% of an InceptionC block at batch 64); a pooled unit's conv runs
+      narrow ones (+2-5% on the CPU forward, bench/xla_options.py); a pooled unit's conv runs
       before the pool (a 1x1 conv and an average pool are both linear, so they commute up to
       float rounding), so its pool averages the unit's few output channels instead of C.
     """
