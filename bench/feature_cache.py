@@ -38,6 +38,8 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras_recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+FLATTEN_KERNEL_BYTES = 4 * 7 * 7 * 768 * 1024  # float32 Dense(37632 -> 1024): mixed7, 150 px.
+
 
 def make_config(args, head: str):
   from configs import dog_horse
@@ -78,14 +80,13 @@ def timed_run(config, workdir: pathlib.Path) -> list[float]:
   return [float(t) for t in np.diff([start] + ends)]
 
 
-def head_step(config) -> tuple[float, float]:
-  """(FLOPs per step from XLA's cost analysis, median seconds per step) of the cached step."""
+def head_step_inputs(config):
+  """What the cached head step runs on: (trainer session, replicated and data shardings, a batch
+  of random cut-layer features [batch, h, w, C] with labels, a replicated dropout key)."""
   import jax
-  from inception import sharding, steps as steps_lib, trainer, transfer
+  from inception import sharding, trainer, transfer
   s = trainer.build(config, log=lambda _: None)
   repl, dsh = sharding.replicated(s.mesh), sharding.data_sharded(s.mesh)
-  step = steps_lib.make_train_step(transfer.HeadOnly(s.model), s.tx, s.mask,
-                                   state_sharding=repl, batch_sharding=dsh)
   feats = jax.eval_shape(transfer.BackboneOnly(s.model).apply,
                          {'params': s.state.params, 'batch_stats': s.state.batch_stats},
                          jax.ShapeDtypeStruct((config.train.batch_size, config.data.image_size,
@@ -94,7 +95,16 @@ def head_step(config) -> tuple[float, float]:
   batch = sharding.shard_batch({'image': rng.normal(size=feats.shape).astype(np.float32),
                                 'label': rng.integers(0, 2, feats.shape[0]).astype(np.int32)},
                                s.mesh)
-  key = jax.device_put(jax.random.key(0), repl)
+  return s, repl, dsh, batch, jax.device_put(jax.random.key(0), repl)
+
+
+def head_step(config) -> tuple[float, float]:
+  """(FLOPs per step from XLA's cost analysis, median seconds per step) of the cached step."""
+  import jax
+  from inception import steps as steps_lib, transfer
+  s, repl, dsh, batch, key = head_step_inputs(config)
+  step = steps_lib.make_train_step(transfer.HeadOnly(s.model), s.tx, s.mask,
+                                   state_sharding=repl, batch_sharding=dsh)
   compiled = step.lower(s.state, batch, key).compile()
   state, times = s.state, []
   for i in range(12):
@@ -180,7 +190,7 @@ def main(argv=None) -> None:
   keras = keras_epochs(flatten_cfg, args.keras_epochs)
   flops, step_s = head_step(flatten_cfg)
   peak = common.matmul_peak()
-  kernel_bytes = 4 * 1024 * 7 * 7 * 768  # Dense(37632 -> 1024) at mixed7, 150 px.
+  kernel_bytes = FLATTEN_KERNEL_BYTES
   bandwidth = copy_bandwidth(kernel_bytes)
 
   k = statistics.median(keras)

@@ -25,7 +25,6 @@ import argparse
 import pathlib
 import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -45,7 +44,6 @@ VARIANTS = {
     'ynn dot+eltwise': (True, {_YNN: f'{_T}DOT,{_T}ELTWISE'}),
     'ynn dot+eltwise+reduce': (True, {_YNN: f'{_T}DOT,{_T}ELTWISE,{_T}REDUCE'}),
 }
-KERNEL_BYTES = 4 * 7 * 7 * 768 * 1024  # Dense(37632 -> 1024) at mixed7, 150 px.
 
 
 def main(argv=None) -> None:
@@ -54,19 +52,13 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   print(common.environment(), flush=True)
   from configs import dog_horse
-  from inception import sharding, steps, trainer, transfer
-  import feature_cache  # bench/feature_cache.py: copy_bandwidth.
+  from inception import steps, transfer
+  import feature_cache  # bench/feature_cache.py: the step's inputs, copy_bandwidth.
 
   config = dog_horse.get_config()
   config.data.source = 'synthetic'
   config.model.weights = 'random'
-  s = trainer.build(config, log=lambda _: None)
-  repl, dsh = sharding.replicated(s.mesh), sharding.data_sharded(s.mesh)
-  rng = np.random.default_rng(0)
-  batch = sharding.shard_batch(
-      {'image': rng.normal(size=(config.train.batch_size, 7, 7, 768)).astype(np.float32),
-       'label': rng.integers(0, 2, config.train.batch_size).astype(np.int32)}, s.mesh)
-  key = jax.device_put(jax.random.key(0), repl)
+  s, repl, dsh, batch, key = feature_cache.head_step_inputs(config)
 
   compiled, states, reference = {}, {}, None
   for name, (guard, options) in VARIANTS.items():
@@ -97,10 +89,11 @@ def main(argv=None) -> None:
   for name, ts in times.items():
     print(f'  {name:24s} {1e3 * statistics.median(ts):7.1f} ms  '
           f'({1e3 * min(ts):.1f}-{1e3 * max(ts):.1f})')
-  bandwidth = feature_cache.copy_bandwidth(KERNEL_BYTES)
-  one_pass = KERNEL_BYTES / bandwidth
+  kernel_bytes = feature_cache.FLATTEN_KERNEL_BYTES
+  bandwidth = feature_cache.copy_bandwidth(kernel_bytes)
+  one_pass = kernel_bytes / bandwidth
   print(f'copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write): one pass over the '
-        f'{KERNEL_BYTES / 1e6:.0f} MB kernel takes {1e3 * one_pass:.1f} ms; 7 passes '
+        f'{kernel_bytes / 1e6:.0f} MB kernel takes {1e3 * one_pass:.1f} ms; 7 passes '
         f'{7e3 * one_pass:.0f} ms, 8 passes {8e3 * one_pass:.0f} ms')
 
 

@@ -4,7 +4,8 @@
 head); `backbone_of` its features alone; `augmentation` the notebook's ImageDataGenerator.
 Weights go Flax -> Keras (`load_flax_variables`) and Keras -> Flax (`to_flax_variables`) over
 one pairing of Keras layers with `inception.model.UNIT_PATHS` (`keras_units`).
-`randomize_batchnorm` gives a model random BatchNorm statistics for feature comparisons.
+`randomize_batchnorm` gives a model random BatchNorm statistics for feature comparisons;
+`random_reference` is the speed benchmarks' Keras model with our copy of its weights.
 The recipe runner is `keras_recipe.py`; the non-Keras helpers are in `common.py`.
 """
 
@@ -200,6 +201,21 @@ def backbone_of(model, cut: str = 'mixed7'):
   """`model`'s frozen backbone alone: input -> layer `cut`'s output (the same layers, shared)."""
   import tf_keras
   return tf_keras.Model(model.input, model.get_layer(cut).output)
+
+
+def random_reference(image_size: int, cut: str = 'mixed7', seed: int = 0):
+  """The speed benchmarks' reference: the seed's Keras model with random weights and BatchNorm
+  statistics, its backbone, and the same weights as our variables.
+
+  Returns:
+    (keras_model, keras_features, variables): `build_model(image_size, cut=cut, seed=seed)`
+    after `randomize_batchnorm(..., seed)`; `backbone_of(keras_model, cut)`; and
+    `to_flax_variables(keras_features)` ({'params', 'batch_stats'} up to `cut`).
+  """
+  keras_model = build_model(image_size, cut=cut, seed=seed)
+  randomize_batchnorm(keras_model, seed)
+  keras_features = backbone_of(keras_model, cut)
+  return keras_model, keras_features, to_flax_variables(keras_features)
 
 
 def augmentation(rescale: float | None = 1 / 255):

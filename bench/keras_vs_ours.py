@@ -212,10 +212,7 @@ def main(argv=None) -> None:
   print(common.environment())
   peak = common.matmul_peak()
   print(f'# measured float32 matmul peak (2048^3, jit): {peak / 1e9:.1f} GFLOP/s', flush=True)
-  keras_model = keras_models.build_model(SIZE, cut=common.CUT, seed=0)
-  keras_models.randomize_batchnorm(keras_model, 0)
-  keras_features = keras_models.backbone_of(keras_model, common.CUT)
-  variables = keras_models.to_flax_variables(keras_features)
+  keras_model, keras_features, variables = keras_models.random_reference(SIZE, common.CUT)
   err = check_features(keras_features, variables, common.random_images(4, SIZE, seed=1))
   print(f'# features ours == Keras at {common.CUT}: max relative difference {err:.1e} '
         '(unfolded and folded)', flush=True)
