@@ -7,7 +7,7 @@ GIF/BMP/WEBP/TIFF, JPEGs/PNGs with damage only PIL tolerates, ... PIL is the ref
 decoder here because Keras' `load_img` is PIL.
 
 `check_many` runs checks in a thread pool (PIL releases the GIL while decoding) and caches
-results per content hash in `<cache>/imagecheck-v2.json`.
+results per content hash in `<cache>/imagecheck-v<version>.json`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import threading
 from typing import Iterable
 
@@ -38,7 +39,11 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
 # Formats and modes TensorFlow's `decode_image(channels=3)` reads the way PIL does.
 _TF_MODES = {'JPEG': {'RGB', 'L'}, 'PNG': {'RGB', 'RGBA', 'L', 'LA', 'P'}}
 # 2: tf_ok also requires that TensorFlow decodes the file (v1 entries may say tf_ok wrongly).
-_CACHE_VERSION = 2
+# 3: reasons hold no object addresses (v2 entries may: PIL's messages name the BytesIO).
+_CACHE_VERSION = 3
+# An object's default repr, '<_io.BytesIO object at 0x7f...>': run-dependent, so kept out of
+# reasons (they go into manifests, which must be the same bytes on every run).
+_OBJECT_REPR = re.compile(r'<[^<>]* at 0x[0-9a-fA-F]+>')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +103,7 @@ def check_bytes(blob: bytes) -> Check:
   except Image.DecompressionBombError as e:
     return bad(f'too large: {e}')
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...).
-    return bad(f'not decodable: {type(e).__name__}: {e}')
+    return bad(f'not decodable: {type(e).__name__}: {_OBJECT_REPR.sub("<bytes>", str(e))}')
   tf_ok = (mode in _TF_MODES.get(fmt, ()) and not (fmt == 'PNG' and _png_bit_depth(blob) != 8)
            and _tf_decodes(blob))
   return Check(True, '', tf_ok, fmt, mode, w, h, len(blob), digest)

@@ -201,3 +201,21 @@ def test_validation_cache_hits(tree, tmp_path):
   stored = json.loads(cache.read_text())['entries']
   assert len(stored) == len({c.sha256 for c in first if c.sha256})
   assert imagecheck.check_many(files, cache_path=cache) == first
+
+
+def test_manifest_bytes_are_the_same_on_every_cold_run(tree, tmp_path):
+  # The tree has undecodable files: PIL's messages for them name a BytesIO object's address,
+  # which must not reach the manifest (two runs would differ in those lines).
+  outs = []
+  for run in ('a', 'b'):
+    out = tmp_path / run / 'subset'  # Same relative layout; cold validation cache each time.
+    restructure.restructure(sources.animals10_source(sources.find_raw_img(tree[0]),
+                                                     ('dog', 'horse'), 'test'),
+                            out, images_per_class=10, test_per_class=-1, log=lambda _: None,
+                            check_cache=tmp_path / run / 'imagecheck.json')
+    outs.append((out / restructure.MANIFEST).read_bytes())
+  manifest = json.loads(outs[0])
+  reasons = [s['reason'] for s in manifest['skipped']]
+  assert any('not decodable' in r for r in reasons), reasons
+  assert not any(' at 0x' in r for r in reasons), reasons
+  assert outs[0] == outs[1]
