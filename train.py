@@ -1,15 +1,16 @@
-"""Train, evaluate or predict with a config.
+"""Train with a config; evaluate or predict with a trained run's workdir alone.
 
     python train.py --config configs/dog_horse.py                 # train (resumes if rerun)
     python train.py --config configs/dog_horse.py --config.optimizer.lr=3e-4
     python train.py --config configs/ablations.py:cut=mixed6,preprocess=inception
-    python train.py --config configs/dog_horse.py --mode=eval --checkpoint=best --split=test
-    python train.py --config configs/dog_horse.py --mode=eval --eval_dir=/path/<class>/...
-    python train.py --config configs/dog_horse.py --mode=predict --inputs=a.jpg,photos/ \\
-        --output=preds.csv
+    python train.py --workdir W --mode=eval --checkpoint=best --split=test
+    python train.py --workdir W --mode=eval --eval_dir=/path/<class>/...
+    python train.py --workdir W --mode=predict --inputs=a.jpg,photos/ --output=preds.csv
 
-Default --workdir: workdirs/<config file stem>[_<config arg slug>], so rerunning the same
-command resumes the same run.
+Training's default --workdir: workdirs/<config file stem>[_<config arg slug>], so rerunning the
+same command resumes the same run. Eval and predict rebuild the run from <workdir>/run.json
+(inception/run_record.py); a --config there may change only the eval keys
+(run_record.EVAL_OVERRIDABLE, e.g. --config.eval.batch_size) and must otherwise equal the run's.
 """
 
 from __future__ import annotations
@@ -24,18 +25,21 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file('config', None, 'Config file, optionally `path.py:k=v,k=v`.',
+config_flags.DEFINE_config_file('config', None, 'Config file, optionally `path.py:k=v,k=v`. '
+                                'Required to train; eval/predict read the run\'s own.',
                                 lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run directory (default: workdirs/<config stem>[_<arg>]).')
+flags.DEFINE_string('workdir', None, 'Run directory (default: workdirs/<config stem>[_<arg>]). '
+                    'Required for eval/predict without --config.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
 flags.DEFINE_string('checkpoint', 'latest', 'eval/predict: latest | best | STEP.')
 flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'eval: the split.')
 flags.DEFINE_string('eval_dir', None, 'eval: a class-folder tree to evaluate instead.')
+flags.DEFINE_string('data_root', None, 'eval --split: the run\'s restructured subset if it was '
+                    'moved (its files are checked against the recorded sha256).')
 flags.DEFINE_list('inputs', [], 'predict: image files and/or folders.')
 flags.DEFINE_string('output', None, 'predict: CSV file for the predictions.')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (multi-process).')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 
@@ -55,14 +59,30 @@ def main(argv) -> int:
     from inception import sharding  # pylint: disable=g-import-not-at-top
     sharding.initialize_multihost()
   from configs import validate  # pylint: disable=g-import-not-at-top
-  from inception import checkpoints, trainer  # pylint: disable=g-import-not-at-top
+  from inception import checkpoints, run_record, trainer  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
-  config_arg = config_flags.get_config_filename(FLAGS['config'])
-  raw_flag = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')),
-                  config_arg)
-  workdir = Path(FLAGS.workdir) if FLAGS.workdir else default_workdir(raw_flag)
+  raw_flag = None
+  if config is not None:
+    config_arg = config_flags.get_config_filename(FLAGS['config'])
+    raw_flag = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')),
+                    config_arg)
+  if FLAGS.workdir:
+    workdir = Path(FLAGS.workdir)
+  elif raw_flag:
+    workdir = default_workdir(raw_flag)
+  else:
+    what = ('--config is required to train' if FLAGS.mode == 'train' else
+            f'--workdir is required for --mode={FLAGS.mode} (the trained run to use)')
+    print(f'ERROR: {what}; see python train.py --helpfull', file=sys.stderr)
+    return 2
   try:
-    validate.validate(config, workdir=workdir)
+    if FLAGS.mode == 'train':
+      if config is None:
+        print('ERROR: --config is required to train', file=sys.stderr)
+        return 2
+      validate.validate(config, workdir=workdir)
+    elif config is not None:
+      validate.validate_eval(config)
   except ValueError as e:
     print(f'Invalid config: {e}', file=sys.stderr)
     return 2
@@ -74,15 +94,18 @@ def main(argv) -> int:
       trainer.train(config, workdir, progress_bars=FLAGS.progress)
     elif FLAGS.mode == 'eval':
       from inception import evaluate  # pylint: disable=g-import-not-at-top
-      evaluate.evaluate(config, workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
-                        eval_dir=FLAGS.eval_dir)
+      evaluate.evaluate(workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
+                        eval_dir=FLAGS.eval_dir, data_root=FLAGS.data_root, config=config)
     else:
       from inception import predict  # pylint: disable=g-import-not-at-top
-      predict.predict(config, workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
-                      output=FLAGS.output)
+      predict.predict(workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
+                      output=FLAGS.output, config=config)
   except trainer.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3
+  except run_record.ConfigMismatchError as e:
+    print(f'Invalid config: {e}', file=sys.stderr)
+    return 2
   except (checkpoints.NoCheckpointError, RuntimeError, FileNotFoundError, PermissionError,
           ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)

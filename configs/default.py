@@ -100,8 +100,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_epoch = True
   # Checkpoints kept in <workdir>/checkpoints (the newest ones).
   c.checkpoint.keep = 3
-  # Keep the best checkpoint by validation accuracy in <workdir>/best.
+  # Keep the best checkpoint by `best_metric` in <workdir>/best (`--checkpoint=best`).
   c.checkpoint.keep_best = True
+  # What "best" means, over the validation evaluations: 'accuracy_then_loss' = highest
+  # accuracy, ties (the rule on a small validation set: one image is 1/n) broken by the lower
+  # loss; 'loss' = lowest validation loss. Complete ties keep the earlier epoch. The rule and
+  # the best epoch's metrics are stored in each checkpoint's meta ('best').
+  c.checkpoint.best_metric = 'accuracy_then_loss'
   # Save asynchronously (training continues while the files are written).
   c.checkpoint.async_save = True
 

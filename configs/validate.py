@@ -9,6 +9,7 @@ from typing import Any
 import ml_collections
 
 import data.config
+from inception import checkpoints
 from inception import model as inception_model
 from inception import optim
 from inception import param_rules
@@ -137,6 +138,7 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike | 
   _bool('checkpoint.every_epoch', k.every_epoch)
   _number('checkpoint.keep', k.keep, lo=1, integer=True)
   _bool('checkpoint.keep_best', k.keep_best)
+  _choice('checkpoint.best_metric', k.best_metric, checkpoints.BEST_METRICS)
   _bool('checkpoint.async_save', k.async_save)
   _number('eval.batch_size', config.eval.batch_size, lo=1, integer=True)
 
@@ -151,6 +153,20 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike | 
 
   if workdir is not None:
     check_workdir(workdir)
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Checks a --config given to eval/predict: its keys, and the values of the keys those may
+  change (inception.run_record.EVAL_OVERRIDABLE). Its other values are compared with the run's
+  record, not validated: the run's data or weights file need not exist where it is evaluated."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  check_keys(config, default.get_config())
+  _number('eval.batch_size', config.eval.batch_size, lo=1, integer=True)
+  _number('data.num_parallel_calls', config.data.num_parallel_calls, lo=-1, integer=True)
+  if config.data.num_parallel_calls == 0:
+    raise ValueError('config.data.num_parallel_calls=0 is not valid; use -1 (AUTOTUNE) or >= 1')
+  _number('data.prefetch', config.data.prefetch, lo=-1, integer=True)
+  _bool('data.deterministic', config.data.deterministic)
 
 
 def check_workdir(workdir: str | os.PathLike) -> None:

@@ -234,7 +234,18 @@ def eval_batches(info, config_data: ml_collections.ConfigDict, *, split: str = '
                              process_count, with_index=False)
 
 
-def _list_images(path) -> list[pathlib.Path]:
+def file_batches(paths: Sequence[str], labels: Sequence[int],
+                 config_data: ml_collections.ConfigDict, *, batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """`eval_batches` over an explicit list of files and labels (e.g. a run's recorded split)."""
+  paths = np.array(paths, dtype=str) if len(paths) else np.zeros([0], str)
+  yield from _padded_batches(paths, np.asarray(labels, np.int32), config_data, batch_size,
+                             process_index, process_count, with_index=False)
+
+
+def list_images(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+  """Image files (by extension, no hidden ones) of a folder (recursively, sorted), a file or a
+  list of them, in order."""
   items = [path] if isinstance(path, (str, os.PathLike)) else list(path)
   files = []
   for item in map(pathlib.Path, items):
@@ -257,7 +268,7 @@ def folder_batches(path: str | os.PathLike | Sequence[str | os.PathLike],
   and an unused 'label' (0). Unusable files are skipped with a message; files TensorFlow
   would not decode as PIL does are read through a normalised PNG copy in the cache.
   """
-  files = _list_images(path)
+  files = list_images(path)
   checks = imagecheck.check_many(files)
   usable = []
   for f, chk in zip(files, checks):

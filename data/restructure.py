@@ -22,6 +22,7 @@ CLI: python -m data.restructure --source PATH|synthetic --out DIR [--classes dog
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -288,6 +289,42 @@ def _report(manifest: dict, out: pathlib.Path, log: Callable[[str], None]) -> No
 
 def manifest_sha256(root: str | os.PathLike) -> str:
   return hashlib.sha256((pathlib.Path(root) / MANIFEST).read_bytes()).hexdigest()
+
+
+def verified_split(root: str | os.PathLike, manifest: dict, split: str, *,
+                   workers: int = 8) -> tuple[list[str], list[int]]:
+  """(absolute paths, labels) of `split` as `manifest` lists them, each file under `root`
+  checked to exist and to hold the bytes the manifest recorded (sha256).
+
+  Raises:
+    ValueError: `split` is not in the manifest, or a file's content changed.
+    FileNotFoundError: a file is missing or unreadable.
+  """
+  if split not in manifest['splits']:
+    raise ValueError(f'split {split!r} is not in the manifest; it has '
+                     f'{", ".join(manifest["splits"])}')
+  root = pathlib.Path(root)
+  entries = manifest['splits'][split]
+
+  def check(entry: dict) -> Exception | None:
+    path = root / entry['path']
+    try:
+      digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+      return FileNotFoundError(f'{path} ({split} file from {entry["source"]}) cannot be read: '
+                               f'{e.strerror}; restore the data set the run trained on')
+    if digest != entry.get('stored_sha256', entry['sha256']):
+      return ValueError(f'{path} ({split} file from {entry["source"]}) changed since the run '
+                        'recorded it (sha256 differs): evaluating it would not be the recorded '
+                        'split')
+    return None
+
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    problems = [p for p in pool.map(check, entries) if p]
+  if problems:
+    more = f' ({len(problems) - 1} more such files)' if len(problems) > 1 else ''
+    raise type(problems[0])(f'{problems[0]}{more}')
+  return [str(root / e['path']) for e in entries], [int(e['label']) for e in entries]
 
 
 def _source_from_arg(value: str, classes: tuple[str, ...]) -> sources.Source:

@@ -2,7 +2,7 @@
 
 Layout of a workdir:
     checkpoints/<step>/{model,opt,meta}   last `keep` checkpoints (every N steps / every epoch)
-    best/<step>/{model,opt,meta}          the single best one by validation accuracy
+    best/<step>/{model,opt,meta}          the single best one by `checkpoint.best_metric`
     .lock                                 held (fcntl.flock) by the running process
 
 Items: 'model' = {'params', 'batch_stats'} (ALL params, frozen ones too, so a checkpoint is
@@ -27,8 +27,37 @@ import orbax.checkpoint as ocp
 from inception import steps as steps_lib
 
 
+BEST_METRICS = ('accuracy_then_loss', 'loss')
+
+
 class NoCheckpointError(FileNotFoundError):
   """No usable checkpoint in a directory."""
+
+
+def is_better(candidate: dict, best: dict | None, metric: str) -> bool:
+  """Whether validation metrics `candidate` ({'accuracy', 'loss'}) beat `best` (None: none yet).
+
+  metric 'accuracy_then_loss': higher accuracy, equal accuracy broken by lower loss (on a small
+  validation set accuracy moves in steps of 1/n, so ties are common); 'loss': lower loss.
+  A complete tie keeps `best` (the earlier epoch).
+  """
+  if metric not in BEST_METRICS:
+    raise ValueError(f'checkpoint.best_metric={metric!r} is not valid; valid: '
+                     f'{", ".join(BEST_METRICS)}')
+  if best is None:
+    return True
+  if metric == 'loss':
+    return candidate['loss'] < best['loss']
+  return (candidate['accuracy'], -candidate['loss']) > (best['accuracy'], -best['loss'])
+
+
+def best_of(records: list[dict], metric: str) -> dict | None:
+  """The record (in order, e.g. per epoch) that `is_better` keeps last; None when empty."""
+  best = None
+  for r in records:
+    if is_better(r, best, metric):
+      best = r
+  return best
 
 
 class WorkdirLock:

@@ -1,12 +1,23 @@
-"""Evaluate a checkpoint on the validation or test split or on any class-folder tree.
+"""Evaluate a trained run's checkpoint on its recorded validation or test split, or on any
+class-folder tree, from its workdir alone.
 
-Restores only the model ({'params', 'batch_stats'}; no optimizer state) from
-`<workdir>/checkpoints` ('latest' or a step) or `<workdir>/best` ('best'), on however many
-devices this process sees.
+The run is rebuilt from `<workdir>/run.json` (`inception.run_record`): config, class names,
+preprocessing, image size, model. The model ({'params', 'batch_stats'}, backbone included) comes
+from `<workdir>/checkpoints` ('latest' or a step) or `<workdir>/best` ('best'); no weights file
+is read and no data set is prepared, found or downloaded. A split is read from exactly the files
+the run's manifest lists, each checked against its recorded sha256.
+
+Each evaluation writes `<workdir>/eval/<what>_<checkpoint>[_step<S>].json` (+ confusion matrix)
+with full-precision metrics, and ends its output with the line
+`<what> @ step S (<checkpoint>): accuracy A loss L (n=N)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,98 +25,189 @@ import jax
 import ml_collections
 import numpy as np
 
+import data
+from data import restructure
 from inception import checkpoints
 from inception import reporting
+from inception import run_record
 from inception import sharding
 from inception import steps as steps_lib
-from inception import trainer
+from inception import transfer
+
+FORMAT = 1  # Of the eval JSON.
 
 
-def restore_model(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str,
-                  setup: trainer.Setup, log: Callable[[str], None] = print
-                  ) -> tuple[dict, dict]:
-  """({'params', 'batch_stats'}, meta) from `checkpoint` = 'latest' | 'best' | a step number.
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A trained run ready for inference: its record, config, model and checkpointed variables.
 
-  Raises NoCheckpointError with the directory and what exists.
+  variables: {'params', 'batch_stats'} replicated over `mesh`; meta: the checkpoint's JSON meta
+  (step, epoch, metrics); batch_size: eval.batch_size rounded up to a multiple of the device
+  count (padding is masked, so metrics do not depend on it).
+  """
+  record: run_record.RunRecord
+  config: ml_collections.ConfigDict
+  model: transfer.TransferModel
+  variables: dict
+  meta: dict
+  mesh: Any
+  checkpoint: str
+  batch_size: int
+
+
+def _checkpoint_dir(workdir: Path, checkpoint: str) -> tuple[Path, int | None]:
+  if checkpoint == 'best':
+    return workdir / 'best', None
+  if checkpoint == 'latest':
+    return workdir / 'checkpoints', None
+  try:
+    return workdir / 'checkpoints', int(checkpoint)
+  except ValueError:
+    raise ValueError(f'--checkpoint={checkpoint!r} must be latest, best or a step number'
+                     ) from None
+
+
+def restore(workdir: str | Path, checkpoint: str = 'latest', *,
+            config: ml_collections.ConfigDict | None = None,
+            log: Callable[[str], None] = print) -> Restored:
+  """The run in `workdir` with `checkpoint` = 'latest' | 'best' | a step number restored.
+
+  config: optional --config; only `run_record.EVAL_OVERRIDABLE` keys may differ from the run's.
+  Raises FileNotFoundError (no run record), ValueError (a refused config key) or
+  NoCheckpointError (with the directory and what exists).
   """
   workdir = Path(workdir)
-  if checkpoint == 'best':
-    directory, step = workdir / 'best', None
-  elif checkpoint == 'latest':
-    directory, step = workdir / 'checkpoints', None
-  else:
-    try:
-      step = int(checkpoint)
-    except ValueError:
-      raise ValueError(f'--checkpoint={checkpoint!r} must be latest, best or a step number'
-                       ) from None
-    directory = workdir / 'checkpoints'
+  record = run_record.load(workdir)
+  config = run_record.merge(record, config)
+  if record.is_synthetic:
+    log(record.data['banner'])
+  directory, step = _checkpoint_dir(workdir, checkpoint)
   if not directory.is_dir():
     raise checkpoints.NoCheckpointError(
-        f'No checkpoints at {directory}; train first (python train.py --config ... --workdir '
-        f'{workdir}) or pass the --workdir of a trained run.')
+        f'No checkpoints at {directory}; the run in {workdir} saved none '
+        f'{"(checkpoint.keep_best was off)" if checkpoint == "best" else "yet"}.')
+  mesh = sharding.make_mesh()
+  model = transfer.from_config(config, len(record.class_names), record.weights['mixed10_pool'])
+  abstract = transfer.variable_shapes(model, config.data.image_size)
   mngr = checkpoints.manager(directory, keep=1_000_000, async_save=False)
   try:
-    abstract = {'params': setup.state.params, 'batch_stats': setup.state.batch_stats}
-    model_vars, meta = checkpoints.restore(mngr, abstract_model=abstract, step=step,
-                                           sharding=sharding.replicated(setup.mesh), log=log)
+    variables, meta = checkpoints.restore(mngr, abstract_model=abstract, step=step,
+                                          sharding=sharding.replicated(mesh), log=log)
   finally:
     mngr.close()
   log(f'Restored {directory}/{meta["step"]} (epoch {meta.get("epoch")}).')
-  return model_vars, meta
+  devices = mesh.devices.size
+  batch_size = -(-config.eval.batch_size // devices) * devices
+  if batch_size != config.eval.batch_size:
+    log(f'eval.batch_size {config.eval.batch_size} -> {batch_size}: a multiple of the '
+        f'{devices} devices (padding is masked out)')
+  return Restored(record, config, model, variables, meta, mesh, checkpoint, batch_size)
 
 
-def _folder_class_batches(eval_dir: str, class_names, config_data, batch_size: int, log):
-  """Batches of `<eval_dir>/<class>/*` labelled by class index (mask marks real examples)."""
-  import data  # pylint: disable=g-import-not-at-top
-  root = Path(eval_dir)
-  missing = [c for c in class_names if not (root / c).is_dir()]
+def evaluate_batches(eval_step: Callable, variables: dict, batches, mesh) -> dict:
+  """Runs `eval_step` over an iterable of host batches; returns loss/accuracy/count/confusion."""
+  total = None
+  for batch in sharding.prefetch_to_device(batches, mesh):
+    sums = eval_step(variables, batch)
+    total = sums if total is None else jax.tree.map(jax.numpy.add, total, sums)
+  if total is None:
+    raise ValueError('Evaluation got no batches (empty split?)')
+  total = jax.device_get(total)
+  count = float(total['count'])
+  return {'loss': float(total['loss']) / count, 'accuracy': float(total['correct']) / count,
+          'count': int(count), 'confusion': np.asarray(total['confusion'])}
+
+
+def _digest(rows) -> str:
+  return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _folder_files(eval_dir: Path, class_names) -> tuple[list[tuple[str, int]], dict]:
+  """[(file, label)] of `<eval_dir>/<class>/*` and the folder's identity (files and sha256)."""
+  missing = [c for c in class_names if not (eval_dir / c).is_dir()]
   if missing:
-    raise FileNotFoundError(f'--eval_dir {root} must hold one folder per class '
+    raise FileNotFoundError(f'--eval_dir {eval_dir} must hold one folder per class of the run '
                             f'{list(class_names)}; missing: {missing}')
-  for label, name in enumerate(class_names):
-    for batch in data.folder_batches(root / name, config_data, batch_size=batch_size, log=log):
-      yield {'image': batch['image'], 'mask': batch['mask'],
-             'label': np.full(batch['mask'].shape, label, np.int32)}
+  files = [(str(f), label) for label, name in enumerate(class_names)
+           for f in data.list_images(eval_dir / name)]
+  rows = [[str(Path(f).relative_to(eval_dir)), hashlib.sha256(Path(f).read_bytes()).hexdigest()]
+          for f, _ in files]
+  return files, {'kind': 'folder', 'path': str(eval_dir.absolute()), 'files_sha256': _digest(rows),
+                 'num_files': len(rows)}
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-             checkpoint: str = 'latest', split: str = 'validation', eval_dir: str | None = None,
+def _folder_batches(files, config_data, batch_size: int, log):
+  """Batches of the class-folder files, labelled (mask marks real, readable examples)."""
+  label_of = dict(files)
+  for batch in data.folder_batches([f for f, _ in files], config_data, batch_size=batch_size,
+                                   log=log):
+    labels = [label_of.get(p, 0) for p in batch.pop('path')]
+    yield {**batch, 'label': np.asarray(labels, np.int32)}
+
+
+def _output_stem(workdir: Path, what: str, checkpoint: str, step: int) -> Path:
+  label = f'{checkpoint}_step{step}' if checkpoint in ('latest', 'best') else f'step{step}'
+  return workdir / 'eval' / f'{what}_{label}'
+
+
+def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'validation',
+             eval_dir: str | None = None, data_root: str | None = None,
+             config: ml_collections.ConfigDict | None = None,
              log: Callable[[str], None] = print) -> dict:
   """Loss, accuracy, count and confusion matrix of a checkpoint on `split` or `eval_dir`.
 
-  eval_dir: a class-folder tree `<eval_dir>/<class name>/*` with the run's class names.
-  Writes eval_<split|folder>_<checkpoint>.json and its confusion matrix (PNG + JSON) into
-  the workdir.
+  split: 'validation' | 'test', the files the run's manifest lists (checked by sha256) under
+    the recorded subset root, or under `data_root` when the subset was moved.
+  eval_dir: instead, a class-folder tree `<eval_dir>/<class name>/*` with the run's classes.
+  config: optional --config (see `restore`).
+  Returns the dict written to the eval JSON.
+  Raises FileNotFoundError / ValueError naming a missing or changed file.
   """
   workdir = Path(workdir)
-  # Weights come from the checkpoint: the pretrained file is not loaded.
-  setup = trainer.build(config, log=log, with_weights=False, workdir=workdir)
-  if not eval_dir and not setup.info.num_examples.get(split):
-    raise ValueError(f'--split={split!r} has no examples in this data set '
-                     f'({setup.info.num_examples}); use validation or test')
-  model_vars, meta = restore_model(config, workdir, checkpoint, setup, log)
-  repl, dsh = sharding.replicated(setup.mesh), sharding.data_sharded(setup.mesh)
-  eval_step = steps_lib.make_eval_step(setup.model, len(setup.class_names), replicated=repl,
-                                       batch_sharding=dsh)
-  import data  # pylint: disable=g-import-not-at-top
+  r = restore(workdir, checkpoint, config=config, log=log)
+  repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
   if eval_dir:
-    batches = _folder_class_batches(eval_dir, setup.class_names, config.data,
-                                    config.eval.batch_size, log)
+    root = Path(eval_dir)
+    files, identity = _folder_files(root, r.record.class_names)
+    slug = re.sub(r'[^A-Za-z0-9._-]+', '_', root.absolute().name) or 'root'
+    what, name = f'folder {root}', f'folder-{slug}-{identity["files_sha256"][:8]}'
+    batches = _folder_batches(files, r.config.data, r.batch_size, log)
   else:
-    batches = data.eval_batches(setup.info, config.data, split=split,
-                                batch_size=config.eval.batch_size,
+    root = Path(data_root) if data_root else Path(r.record.data['root'])
+    manifest = r.record.manifest()
+    if not manifest['splits'].get(split):
+      raise ValueError(f'--split={split!r} has no examples in the run\'s data '
+                       f'({r.record.data["num_examples"]}); use validation or test')
+    paths, labels = restructure.verified_split(root, manifest, split)
+    identity = {'kind': 'split', 'split': split, 'root': str(root),
+                'manifest_sha256': r.record.data['manifest_sha256'],
+                'files_sha256': _digest([[e['path'], e.get('stored_sha256', e['sha256'])]
+                                         for e in manifest['splits'][split]]),
+                'num_files': len(paths), 'description': r.record.data['description']}
+    what = name = split
+    batches = data.file_batches(paths, labels, r.config.data, batch_size=r.batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
-  res = trainer.evaluate_batches(eval_step, model_vars, batches, setup.mesh)
-  name = 'folder' if eval_dir else split
-  out = {'split': name, 'eval_dir': eval_dir, 'checkpoint': checkpoint, 'step': meta['step'],
-         'loss': res['loss'], 'accuracy': res['accuracy'], 'count': res['count'],
-         'class_names': list(setup.class_names), 'confusion': res['confusion'].tolist()}
-  if trainer.is_main():
-    stem = workdir / f'eval_{name}_{checkpoint}'
-    reporting.save_confusion(res['confusion'], setup.class_names, f'{stem}_confusion')
+  eval_step = steps_lib.make_eval_step(r.model, len(r.record.class_names), replicated=repl,
+                                       batch_sharding=dsh)
+  res = evaluate_batches(eval_step, r.variables, batches, r.mesh)
+  step = int(r.meta['step'])
+  out = {'format': FORMAT, 'what': what, 'checkpoint': checkpoint, 'step': step,
+         'epoch': r.meta.get('epoch'), 'loss': res['loss'], 'accuracy': res['accuracy'],
+         'count': res['count'], 'class_names': list(r.record.class_names),
+         'confusion': res['confusion'].tolist(), 'data': identity,
+         'trained_on_synthetic_data': r.record.is_synthetic, 'workdir': str(workdir.absolute()),
+         'eval_batch_size': r.batch_size}
+  if jax.process_index() == 0:
+    stem = _output_stem(workdir, name, checkpoint, step)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if Path(f'{stem}.json').exists():
+      log(f'Replacing {stem}.json: the same evaluation (same data, checkpoint and step) again.')
+    reporting.save_confusion(res['confusion'], r.record.class_names, f'{stem}_confusion')
     reporting.write_json(f'{stem}.json', out)
-  log(f'{name} @ step {meta["step"]} ({checkpoint}): accuracy {res["accuracy"]:.4f} '
-      f'loss {res["loss"]:.4f} (n={res["count"]})')
+    log(f'Wrote {stem}.json')
+  if r.record.is_synthetic:
+    log(r.record.data['banner'])
+  log(f'{what} @ step {step} ({checkpoint}): accuracy {res["accuracy"]!r} '
+      f'loss {res["loss"]!r} (n={res["count"]})')
   return out

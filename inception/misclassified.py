@@ -1,11 +1,11 @@
 """The misclassified images of a split: a CSV and a contact sheet, for looking at the errors.
 
-    python -m inception.misclassified --config configs/dog_horse.py --workdir W \\
-        [--split test] [--checkpoint latest] [--max-images 48]
+    python -m inception.misclassified --workdir W [--split test] [--checkpoint latest] \\
+        [--max-images 48]
 
-The config is `--config` updated with the run's recorded `<workdir>/config.json` (so overrides
-given to train.py apply). Predicts every file of `<subset root>/<split>/<class>/*` (the root
-recorded in `<workdir>/data_info.json` by training) with the checkpoint, and writes
+The run is rebuilt from its workdir (`inception.evaluate.restore`). Predicts every file of the
+split as the run's manifest lists it (`<subset root>/<split>/<class>/*`, each checked against its
+recorded sha256) with the checkpoint, and writes
 `<workdir>/misclassified_<split>.csv` (path, true class, predicted class, probability of the
 prediction; most confident errors first) and `<workdir>/misclassified_<split>.png` (thumbnails
 with true -> predicted and the probability).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -58,20 +57,19 @@ def contact_sheet(errors: Sequence[dict], path: str | Path, *, max_images: int =
   plt.close(fig)
 
 
-def run(config, workdir: str | Path, *, split: str = 'test', checkpoint: str = 'latest',
+def run(workdir: str | Path, *, split: str = 'test', checkpoint: str = 'latest',
         max_images: int = 48, log: Callable[[str], None] = print) -> list[dict]:
   """Predicts `split` of the run's subset; writes the CSV and PNG; returns the errors."""
-  from inception import predict  # pylint: disable=g-import-not-at-top
+  from data import restructure  # pylint: disable=g-import-not-at-top
+  from inception import predict, run_record  # pylint: disable=g-import-not-at-top
   workdir = Path(workdir)
-  info_path = workdir / 'data_info.json'
-  if not info_path.exists():
-    raise FileNotFoundError(f'{info_path} not found: --workdir must be a trained run')
-  split_dir = Path(json.loads(info_path.read_text())['root']) / split
-  if not split_dir.is_dir():
-    raise FileNotFoundError(f'No {split!r} split at {split_dir} (from {info_path})')
-  rows = predict.predict(config, workdir, [str(split_dir)], checkpoint=checkpoint,
-                         log=lambda _: None)
-  errors = find(rows, split_dir)
+  record = run_record.load(workdir)
+  root = Path(record.data['root'])
+  paths, _ = restructure.verified_split(root, record.manifest(), split)
+  if not paths:
+    raise ValueError(f'The run\'s {split!r} split is empty ({record.data["num_examples"]})')
+  rows = predict.predict(workdir, paths, checkpoint=checkpoint, log=lambda _: None)
+  errors = find(rows, root / split)
   stem = workdir / f'misclassified_{split}'
   with open(f'{stem}.csv', 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=['path', 'true', 'predicted', 'probability'])
@@ -85,20 +83,12 @@ def run(config, workdir: str | Path, *, split: str = 'test', checkpoint: str = '
 
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  p.add_argument('--config', required=True, help='config file, optionally path.py:arg')
-  p.add_argument('--workdir', required=True)
+  p.add_argument('--workdir', required=True, help='a trained run\'s workdir')
   p.add_argument('--split', default='test', choices=['validation', 'test', 'train'])
   p.add_argument('--checkpoint', default='latest', help='latest | best | STEP')
   p.add_argument('--max-images', type=int, default=48)
   args = p.parse_args(argv)
-  from inception import ablations  # pylint: disable=g-import-not-at-top
-  path, _, arg = args.config.partition(':')
-  config = ablations.load_config_module(path).get_config(arg or None)
-  recorded = Path(args.workdir) / 'config.json'
-  if recorded.exists():  # The run's own values, command-line overrides included.
-    config.update(json.loads(recorded.read_text()))
-  run(config, args.workdir, split=args.split, checkpoint=args.checkpoint,
-      max_images=args.max_images)
+  run(args.workdir, split=args.split, checkpoint=args.checkpoint, max_images=args.max_images)
   return 0
 
 

@@ -1,8 +1,10 @@
-"""Predict classes of image files or folders with a trained checkpoint; optional CSV."""
+"""Predict classes of image files or folders with a trained run's checkpoint, from its workdir
+alone (see `inception.evaluate.restore`); optional CSV with a JSON sidecar saying what made it."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,40 +12,40 @@ import jax
 import ml_collections
 import numpy as np
 
+import data
 from inception import evaluate
 from inception import sharding
 from inception import steps as steps_lib
-from inception import trainer
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str | Path,
-            inputs: Sequence[str], *, checkpoint: str = 'latest', output: str | None = None,
+def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'latest',
+            output: str | None = None, config: ml_collections.ConfigDict | None = None,
             log: Callable[[str], None] = print) -> list[dict]:
   """One row per readable image: {'path', 'class', 'probability', 'p_<class>'...}.
 
-  inputs: image files and/or folders (searched recursively). output: CSV path, or None.
+  inputs: image files and/or folders (searched recursively). output: CSV path, or None; beside
+  it `<output>.json` records the run, checkpoint, step, classes and whether the run was
+  trained on synthetic data. config: optional --config (eval keys only, as `evaluate`).
   """
   if not inputs:
     raise ValueError('--inputs is empty: pass image files or folders to predict')
-  import data  # pylint: disable=g-import-not-at-top
-  setup = trainer.build(config, log=log, with_weights=False, workdir=workdir)
-  model_vars, meta = evaluate.restore_model(config, workdir, checkpoint, setup, log)
-  repl, dsh = sharding.replicated(setup.mesh), sharding.data_sharded(setup.mesh)
-  step = steps_lib.make_predict_step(setup.model, replicated=repl, batch_sharding=dsh)
-  names = setup.class_names
+  r = evaluate.restore(workdir, checkpoint, config=config, log=log)
+  repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
+  step = steps_lib.make_predict_step(r.model, replicated=repl, batch_sharding=dsh)
+  names = r.record.class_names
   rows = []
-  for batch in data.folder_batches(list(inputs), config.data,
-                                   batch_size=config.eval.batch_size, log=log):
-    dev = sharding.shard_batch({'image': batch['image']}, setup.mesh)
-    probs = np.asarray(jax.device_get(step(model_vars, dev['image'])))
+  for batch in data.folder_batches(list(inputs), r.config.data, batch_size=r.batch_size,
+                                   log=log):
+    dev = sharding.shard_batch({'image': batch['image']}, r.mesh)
+    probs = np.asarray(jax.device_get(step(r.variables, dev['image'])))
     for path, ok, p in zip(batch['path'], batch['mask'], probs):
       if not ok:
         continue
       k = int(np.argmax(p))
       rows.append({'path': str(path), 'class': names[k], 'probability': float(p[k]),
                    **{f'p_{n}': float(p[i]) for i, n in enumerate(names)}})
-  for r in rows:
-    log(f'{r["class"]:>12s} {r["probability"]:.4f}  {r["path"]}')
+  for row in rows:
+    log(f'{row["class"]:>12s} {row["probability"]:.4f}  {row["path"]}')
   if output:
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     with open(output, 'w', newline='') as f:
@@ -51,5 +53,13 @@ def predict(config: ml_collections.ConfigDict, workdir: str | Path,
                          [f'p_{n}' for n in names])
       w.writeheader()
       w.writerows(rows)
-    log(f'Wrote {len(rows)} predictions to {output} (checkpoint step {meta["step"]})')
+    about = {'workdir': str(Path(workdir).absolute()), 'checkpoint': checkpoint,
+             'step': int(r.meta['step']), 'class_names': list(names), 'count': len(rows),
+             'trained_on_synthetic_data': r.record.is_synthetic,
+             'trained_on': r.record.data['description']}
+    Path(f'{output}.json').write_text(json.dumps(about, indent=2) + '\n')
+    log(f'Wrote {len(rows)} predictions to {output} (checkpoint step {r.meta["step"]}; '
+        f'what made them: {output}.json)')
+  if r.record.is_synthetic:
+    log(r.record.data['banner'])
   return rows

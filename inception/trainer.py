@@ -9,23 +9,23 @@ checkpoints and at epoch ends; in between the train metrics stay on the device.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import data
 from configs import validate as config_validate
 from inception import checkpoints
+from inception import evaluate
 from inception import feature_cache
 from inception import optim
 from inception import param_rules
 from inception import reporting
+from inception import run_record
 from inception import sharding
 from inception import steps as steps_lib
 from inception import transfer
@@ -74,25 +74,14 @@ def prepare_data(config: ml_collections.ConfigDict, log: Callable[[str], None] =
 
 
 def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = print,
-          info: Any = None, with_weights: bool = True, workdir: str | Path | None = None
-          ) -> Setup:
-  """Prepares the data (unless `info` given), model, masked optimizer and a replicated state.
-
-  with_weights=False skips loading pretrained weights (a checkpoint will be restored); the
-  model's architecture details then come from `<workdir>/weights.json` when present.
-  """
+          info: Any = None) -> Setup:
+  """Prepares the data (unless `info` given), model with its pretrained backbone, masked
+  optimizer and a replicated state."""
   if info is None:
     info = prepare_data(config, log)
   mesh = sharding.make_mesh()
   class_names = tuple(info.class_names)
-  if with_weights:
-    backbone, provenance = transfer.load_pretrained(config.model.weights, config.model.cut, log)
-  else:
-    backbone, provenance = None, {'weights': config.model.weights, 'source': 'checkpoint',
-                                  'sha256': None, 'mixed10_pool': _mixed10_pool(config)}
-    recorded = Path(workdir or '.') / 'weights.json'
-    if workdir is not None and recorded.exists():
-      provenance = json.loads(recorded.read_text())
+  backbone, provenance = transfer.load_pretrained(config.model.weights, config.model.cut, log)
   model = transfer.from_config(config, len(class_names), provenance['mixed10_pool'])
   variables = transfer.init_variables(model, config.data.image_size, config.seed)
   variables = transfer.replace_backbone(variables, backbone, config.model.weights)
@@ -100,25 +89,6 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
   mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
   state = sharding.replicate(steps_lib.create_state(variables, tx), mesh)
   return Setup(info, model, tx, mask, state, mesh, provenance, class_names)
-
-
-def _mixed10_pool(config) -> str:
-  # Only the 2015 TF graph differs (max pool in mixed10's pool branch).
-  return 'max' if config.model.weights == 'tf2015' else 'avg'
-
-
-def evaluate_batches(eval_step: Callable, variables: dict, batches, mesh) -> dict:
-  """Runs `eval_step` over an iterable of host batches; returns loss/accuracy/count/confusion."""
-  total = None
-  for batch in sharding.prefetch_to_device(batches, mesh):
-    sums = eval_step(variables, batch)
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  if total is None:
-    raise ValueError('Evaluation got no batches (empty split?)')
-  total = jax.device_get(total)
-  count = float(total['count'])
-  return {'loss': float(total['loss']) / count, 'accuracy': float(total['correct']) / count,
-          'count': int(count), 'confusion': np.asarray(total['confusion'])}
 
 
 def _mean(records: list[dict]) -> dict[str, float]:
@@ -179,12 +149,12 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
   best_mngr = checkpoints.manager(workdir / 'best', 1, async_save=ck.async_save) \
       if ck.keep_best else None
   state = s.state
-  best_acc = -1.0
+  best = None  # {'accuracy', 'loss', 'epoch', 'step', 'metric'} of the best/ checkpoint
   meta: dict = {}
   try:
     state, meta = checkpoints.restore(mngr, state, sharding=sharding.replicated(mesh), log=log)
     start_step = int(meta['step'])
-    best_acc = float(meta.get('best_accuracy', -1.0))
+    best = meta.get('best')
     log(f'Resumed from {mngr.directory}/{start_step} (epoch {meta.get("epoch")}).')
   except checkpoints.NoCheckpointError as e:
     start_step = 0
@@ -194,9 +164,7 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
       log(f'No checkpoint in {mngr.directory}: starting from scratch.')
 
   if is_main():
-    reporting.write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
-    reporting.write_json(workdir / 'data_info.json', info.to_json())
-    reporting.write_json(workdir / 'weights.json', s.provenance)
+    run_record.write(workdir, config, info, s.provenance)
 
   spe = data.steps_per_epoch(info, tc.batch_size)
   total_steps = tc.epochs * spe
@@ -224,8 +192,8 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
               process_count=pcount)
     batches = data.eval_batches(info, config.data, **kw) if fc is None else \
         fc.eval_batches(**kw)
-    return evaluate_batches(eval_step, {'params': st.params, 'batch_stats': st.batch_stats},
-                            batches, mesh)
+    return evaluate.evaluate_batches(
+        eval_step, {'params': st.params, 'batch_stats': st.batch_stats}, batches, mesh)
 
   last_saved = start_step if start_step else None
   # Resuming mid-epoch: the epoch's earlier per-step metrics come from the checkpoint, so the
@@ -273,7 +241,7 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
             writer.write('train', step, epoch, m)
           pending, pending_first, t_sync = [], step, now
         if save_now and not boundary:
-          checkpoints.save(mngr, state, {'epoch': epoch - 1, 'best_accuracy': best_acc,
+          checkpoints.save(mngr, state, {'epoch': epoch - 1, 'best': best,
                                          'epoch_steps': _records_to_meta(epoch_records)})
           last_saved = step
       bar.close()
@@ -289,10 +257,11 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
           writer.write('validation', step, epoch,
                        {'loss': val['loss'], 'accuracy': val['accuracy']})
       log(line)
-      improved = val is not None and val['accuracy'] > best_acc
+      improved = val is not None and checkpoints.is_better(val, best, ck.best_metric)
       if improved:
-        best_acc = val['accuracy']
-      meta = {'epoch': epoch, 'best_accuracy': best_acc, 'train': train_m,
+        best = {'accuracy': val['accuracy'], 'loss': val['loss'], 'epoch': epoch, 'step': step,
+                'metric': ck.best_metric}
+      meta = {'epoch': epoch, 'best': best, 'train': train_m,
               'validation': None if val is None else
               {'loss': val['loss'], 'accuracy': val['accuracy']}}
       # Best first: a kill between the two saves then redoes this epoch, which saves it again.
@@ -325,7 +294,8 @@ def finish(config, workdir: Path, state, info, class_names, run_eval, log, *, wa
   test = run_eval(state, 'test') if info.num_examples.get('test', 0) else None
   records = reporting.read_metrics(workdir)
   history = reporting.epoch_history(records)
-  best = max(history['validation'].values(), key=lambda r: r['accuracy'], default=None)
+  best = checkpoints.best_of([history['validation'][e] for e in sorted(history['validation'])],
+                             config.checkpoint.best_metric)
   last_train = history['train'][max(history['train'])] if history['train'] else {}
   summary = {
       'data': info.description, 'synthetic': bool(info.is_synthetic),
@@ -355,8 +325,8 @@ def finish(config, workdir: Path, state, info, class_names, run_eval, log, *, wa
   if test is not None:
     log(f'test: accuracy {test["accuracy"]:.4f} loss {test["loss"]:.4f} (n={test["count"]})')
   log(f'Outputs in {workdir}: metrics.jsonl, tensorboard/, history.png, '
-      f'confusion_validation.{{png,json}}, config.json, data_info.json, weights.json, '
-      f'summary.json')
+      f'confusion_validation.{{png,json}}, summary.json, run.json and data_manifest.json (the '
+      f'run\'s record: eval and predict need only --workdir)')
   if info.is_synthetic:
     log(info.banner)
   return summary

@@ -122,8 +122,7 @@ def init_variables(model: TransferModel, image_size: int, seed: int) -> dict:
   forward pass is compiled or run; each leaf's stream is seeded by (seed, its path), so adding
   layers does not change the others' values.
   """
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  shapes = variable_shapes(model, image_size)
 
   def fill(path, leaf):
     name = '/'.join(str(getattr(p, 'key', p)) for p in path)
@@ -138,8 +137,15 @@ def init_variables(model: TransferModel, image_size: int, seed: int) -> dict:
       return np.ones(shape, np.float32)
     return np.zeros(shape, np.float32)  # biases and BatchNorm means
 
-  out = jax.tree_util.tree_map_with_path(fill, shapes)
-  return {'params': out['params'], 'batch_stats': out.get('batch_stats', {})}
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def variable_shapes(model: TransferModel, image_size: int) -> dict:
+  """{'params', 'batch_stats'} of jax.ShapeDtypeStruct (float32): the tree a checkpoint of
+  `model` at `image_size` px holds, without computing any value."""
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  return {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})}
 
 
 def load_pretrained(weights: str, cut: str, log=print) -> tuple[dict | None, dict]:

@@ -107,18 +107,35 @@ def _env(cache: Path) -> dict:
 
 
 @pytest.mark.slow
+def _with_run_record(workdir: Path) -> Path:
+  """A minimal run record (run.json) of the smoke config in `workdir`."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from inception import run_record  # pylint: disable=g-import-not-at-top
+  workdir.mkdir(parents=True, exist_ok=True)
+  record = {'format': run_record.FORMAT,
+            'config': json.loads(smoke.get_config('cut=stem').to_json_best_effort()),
+            'class_names': ['a', 'b'], 'weights': {'mixed10_pool': 'avg'},
+            'data': {'is_synthetic': False, 'manifest_sha256': '', 'root': ''}}
+  (workdir / run_record.RECORD).write_text(json.dumps(record))
+  return workdir
+
+
 def test_eval_without_a_usable_checkpoint_fails_naming_the_workdir(two_checkpoints, tmp_path):
-  """train.py --mode eval: no checkpoints/ at all, and checkpoints that are all damaged."""
-  empty = tmp_path / 'empty'
-  damaged = tmp_path / 'damaged'
+  """train.py --mode eval: no run record, no checkpoints/ at all, only damaged checkpoints."""
+  unknown = tmp_path / 'unknown'
+  empty = _with_run_record(tmp_path / 'empty')
+  damaged = _with_run_record(tmp_path / 'damaged')
   shutil.copytree(two_checkpoints, damaged / 'checkpoints')
   for s in ('1', '2'):
     (damaged / 'checkpoints' / s / 'meta' / 'metadata').write_bytes(b'{')
-  for wd, message in ((empty, f'No checkpoints at {empty}/checkpoints; train first'),
+  for wd, message in ((unknown, f'{unknown}/run.json not found: --workdir={unknown} is not the '
+                                'workdir of a trained run (the folder does not exist)'),
+                      (empty, f'No checkpoints at {empty}/checkpoints; the run in {empty} saved '
+                              'none yet'),
                       (damaged, f'No usable checkpoint in {damaged}/checkpoints')):
-    r = subprocess.run([sys.executable, 'train.py', '--config=configs/smoke.py:cut=stem',
-                        f'--workdir={wd}', '--mode=eval', '--noprogress'], cwd=ROOT,
-                       env=_env(tmp_path / 'cache'), capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, 'train.py', f'--workdir={wd}', '--mode=eval',
+                        '--noprogress'], cwd=ROOT, env=_env(tmp_path / 'cache'),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
     assert message in r.stderr, r.stderr[-3000:]
 

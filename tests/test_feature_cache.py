@@ -50,10 +50,8 @@ def _epoch_metrics(workdir):
           if r['split'] in ('train_epoch', 'validation')}
 
 
-def _params(config, workdir):
-  setup = trainer.build(config, with_weights=False, workdir=workdir)
-  model_vars, _ = evaluate.restore_model(config, workdir, 'latest', setup)
-  return jax.device_get(model_vars['params'])
+def _params(workdir):
+  return jax.device_get(evaluate.restore(workdir, 'latest').variables['params'])
 
 
 @pytest.fixture(scope='module')
@@ -84,9 +82,9 @@ def test_cached_equals_uncached(runs):
     for split in ('final_validation', 'test'):
       for m in ('loss', 'accuracy'):
         assert summaries[name][split][m] == pytest.approx(summaries['off'][split][m], abs=TOL)
-  p_off = _params(_config('off'), root / 'off')
+  p_off = _params(root / 'off')
   for name in ('on', 'resumed'):
-    p = _params(_config('on'), root / name)
+    p = _params(root / name)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  p['head'], p_off['head'])
     # The checkpoint still holds the frozen backbone, bit for bit.

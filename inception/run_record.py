@@ -1,0 +1,179 @@
+"""The record a training run leaves in its workdir; evaluation and prediction rebuild the run
+from it alone.
+
+    <workdir>/run.json            format, the full config (overrides included), class names,
+                                  data identity, backbone weights' provenance
+    <workdir>/data_manifest.json  byte copy of the restructuring manifest of the run's data
+                                  (every file of every split with its sha256; its own sha256 is
+                                  run.json's data.manifest_sha256)
+
+run.json (format 1):
+    format          1
+    config          the run's config as JSON (tuples as lists)
+    class_names     label i = class_names[i]
+    data            data.DatasetInfo.to_json(): kind, root (the restructured subset), description,
+                    is_synthetic, banner, manifest_sha256, num_examples
+    weights         provenance: weights (name or path), source, sha256, mixed10_pool
+
+The checkpoints hold every parameter (the backbone too), so with this record a copied workdir
+evaluates and predicts with no weights file and no data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+FORMAT = 1
+RECORD = 'run.json'
+MANIFEST = 'data_manifest.json'
+# Config keys that evaluation and prediction may change: how batches are formed and fed, never
+# the model, its input or its data. Any other difference from the record is refused.
+EVAL_OVERRIDABLE = ('eval.batch_size', 'data.num_parallel_calls', 'data.prefetch',
+                    'data.deterministic')
+
+
+class ConfigMismatchError(ValueError):
+  """A --config given to eval/predict differs from the run's own in a key it may not change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+  """A trained run as recorded in its workdir (see the module doc)."""
+  workdir: Path
+  config: ml_collections.ConfigDict
+  class_names: tuple[str, ...]
+  data: dict
+  weights: dict
+
+  @property
+  def is_synthetic(self) -> bool:
+    return bool(self.data['is_synthetic'])
+
+  def manifest(self) -> dict:
+    """The run's data manifest, checked against the sha256 the record holds."""
+    path = self.workdir / MANIFEST
+    try:
+      blob = path.read_bytes()
+    except OSError as e:
+      raise FileNotFoundError(f'{path} cannot be read ({e.strerror}): the workdir is incomplete;'
+                              f' copy the whole workdir, {MANIFEST} included') from None
+    if hashlib.sha256(blob).hexdigest() != self.data['manifest_sha256']:
+      raise ValueError(f'{path} is not the manifest the run trained on (its sha256 differs from '
+                       f'data.manifest_sha256 in {self.workdir / RECORD}); restore it from the '
+                       'original workdir')
+    return json.loads(blob)
+
+
+def _tuples(value: Any) -> Any:
+  """JSON arrays back to the tuples the configs use (lists nested in tuples too)."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def config_from_json(obj: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(_tuples(obj))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: Any,
+          weights: dict) -> None:
+  """Writes run.json and data_manifest.json (atomically) for a run on `info`'s data.
+
+  Raises:
+    RuntimeError: the data set's manifest changed while the run started (its sha256 is no
+      longer the one `info` was prepared with).
+  """
+  workdir = Path(workdir)
+  src = Path(info.root) / 'manifest.json'
+  blob = src.read_bytes()
+  if hashlib.sha256(blob).hexdigest() != info.manifest_sha256:
+    raise RuntimeError(f'{src} changed since the data was prepared for this run; another '
+                       'process restructured it: rerun')
+  tmp = workdir / f'.{MANIFEST}.{os.getpid()}.tmp'
+  tmp.write_bytes(blob)
+  os.replace(tmp, workdir / MANIFEST)
+  record = {'format': FORMAT, 'config': json.loads(config.to_json_best_effort()),
+            'class_names': list(info.class_names), 'data': info.to_json(), 'weights': weights}
+  _atomic_write(workdir / RECORD, json.dumps(record, indent=1, sort_keys=True) + '\n')
+
+
+def load(workdir: str | os.PathLike) -> RunRecord:
+  """The record of the run in `workdir`.
+
+  Raises:
+    FileNotFoundError: no run.json (not a trained run's workdir).
+    ValueError: an unreadable record or an unknown format.
+  """
+  workdir = Path(workdir)
+  path = workdir / RECORD
+  if not path.is_file():
+    have = sorted(p.name for p in workdir.iterdir())[:12] if workdir.is_dir() else None
+    raise FileNotFoundError(
+        f'{path} not found: --workdir={workdir} is not the workdir of a trained run '
+        + ('(the folder does not exist)' if have is None else f'(it holds: {have or "nothing"})')
+        + '. Train first (python train.py --config ... --workdir ...) or pass the --workdir of'
+        ' a run; runs trained before run records existed must be retrained.')
+  try:
+    obj = json.loads(path.read_text())
+    fmt = obj.get('format')
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f'{path} is not a readable run record: {e}') from None
+  if fmt != FORMAT:
+    raise ValueError(f'{path} has format {fmt!r}; this version reads format {FORMAT}')
+  return RunRecord(workdir, config_from_json(obj['config']), tuple(obj['class_names']),
+                   obj['data'], obj['weights'])
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update({f'{key}.{k}': v for k, v in _flat(value).items()})
+    else:
+      out[key] = _tuples(list(value)) if isinstance(value, (list, tuple)) else value
+  return out
+
+
+def merge(record: RunRecord, given: ml_collections.ConfigDict | None
+          ) -> ml_collections.ConfigDict:
+  """The recorded config, with the `EVAL_OVERRIDABLE` values of `given` (a --config).
+
+  Raises:
+    ConfigMismatchError: `given` differs from the record in any other key, naming each such
+      key with both values.
+  """
+  config = config_from_json(json.loads(record.config.to_json_best_effort()))
+  if given is None:
+    return config
+  mine, theirs = _flat(config), _flat(given)
+  refused = [k for k in sorted(set(mine) | set(theirs))
+             if k not in EVAL_OVERRIDABLE and mine.get(k, '<absent>') != theirs.get(k, '<absent>')]
+  if refused:
+    shown = '; '.join(f'{k}: run {mine.get(k, "<absent>")!r}, --config '
+                      f'{theirs.get(k, "<absent>")!r}' for k in refused[:8])
+    more = f' and {len(refused) - 8} more' if len(refused) > 8 else ''
+    raise ConfigMismatchError(
+        f'--config differs from the run recorded in {record.workdir / RECORD} in keys that '
+        f'define the trained model, its input or its data: {shown}{more}. Leave --config out '
+        f'(the run\'s own config is used); eval and predict may change only '
+        f'{", ".join(EVAL_OVERRIDABLE)}.')
+  for key in EVAL_OVERRIDABLE:
+    section, name = key.split('.')
+    config[section][name] = given[section][name]
+  return config
+
