@@ -43,7 +43,6 @@ def test_summary_rows_mean_and_sample_std_per_variant():
 
 @pytest.mark.slow
 def test_runner_two_tiny_variants_and_noop_rerun(tmp_path, monkeypatch):
-  pytest.importorskip('data')
   from inception import ablations as runner  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('INCEPTION_FLAX_CACHE', str(tmp_path / 'cache'))
   cfg = 'configs/ablations.py:base=smoke,cut=stem,epochs=1'

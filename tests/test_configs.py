@@ -1,6 +1,8 @@
 """Configs load, match the seed recipe, and every bad field fails with its key and choices."""
 
 import importlib
+import pathlib
+import re
 
 import pytest
 
@@ -97,7 +99,17 @@ def test_parse_arg_types_and_unknown_keys():
   assert common.arg_slug('cut=mixed6,preprocess=inception') == 'cut-mixed6_preprocess-inception'
 
 
-@pytest.mark.parametrize('name', ['default', 'dog_horse', 'smoke', 'ablations'])
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+# Every configs/*.py that defines get_config (a new config file is picked up by itself).
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob('*.py')
+                 if re.search(r'^def get_config\(', p.read_text(), re.M))
+
+
+def test_the_configs_are_discovered():
+  assert {'default', 'dog_horse', 'dog_horse_best', 'smoke', 'ablations'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
 def test_every_config_validates(name):
   mod = importlib.import_module(f'configs.{name}')
   _ok(mod.get_config())

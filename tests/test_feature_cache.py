@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-pytest.importorskip('data')
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from configs import validate

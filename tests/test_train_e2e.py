@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-pytest.importorskip('data')
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from data import testing
