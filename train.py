@@ -15,8 +15,11 @@ same command resumes the same run. Eval and predict rebuild the run from <workdi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from absl import app
@@ -40,6 +43,9 @@ flags.DEFINE_list('inputs', [], 'predict: image files and/or folders.')
 flags.DEFINE_string('output', None, 'predict: CSV file for the predictions.')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (multi-process).')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.DEFINE_bool('verbose', False, 'Show the libraries\' start-up logs (TensorFlow/XLA notices '
+                  'such as "failed call to cuInit" on a machine without a GPU). Also: '
+                  'INCEPTION_FLAX_VERBOSE=1.')
 FLAGS = flags.FLAGS
 
 
@@ -49,6 +55,45 @@ def default_workdir(config_flag: str) -> Path:
   path, _, arg = config_flag.partition(':')
   slug = common.arg_slug(arg)
   return Path('workdirs') / (Path(path).stem + (f'_{slug}' if slug else ''))
+
+
+@contextlib.contextmanager
+def _native_logs_held_back(verbose: bool):
+  """Holds back what native code writes to stderr while TensorFlow and JAX start (CUDA probes
+  on CPU-only machines, CPU-instruction notices): none of it is an error here. Replayed when
+  starting fails, or at once with `verbose`."""
+  if verbose:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    except Exception:
+      os.dup2(saved, 2)
+      held.seek(0)
+      sys.stderr.write(held.read().decode(errors='replace'))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def _start_libraries(verbose: bool) -> None:
+  """Imports TensorFlow (via `data`) and starts JAX's backends, quietly unless `verbose`."""
+  if not verbose:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  with _native_logs_held_back(verbose):
+    import data  # pylint: disable=g-import-not-at-top,unused-import
+    import jax  # pylint: disable=g-import-not-at-top
+    if not verbose:
+      # "Unable to initialize backend 'tpu'" and the like: JAX trying platforms this machine
+      # does not have.
+      import logging as py_logging  # pylint: disable=g-import-not-at-top
+      py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.ERROR)
+    jax.devices()
 
 
 def main(argv) -> int:
@@ -137,7 +182,10 @@ def _unknown_key_message(error: Exception, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, but a bad --config (bad config arg, misspelt key, wrong type) exits
-  with code 2 and one message, like an invalid config value."""
+  with code 2 and one message, like an invalid config value. Starts the libraries first (a
+  config file imports TensorFlow), quietly unless --verbose or INCEPTION_FLAX_VERBOSE=1."""
+  _start_libraries(any(a in ('--verbose', '--verbose=true', '--verbose=True') for a in argv)
+                   or bool(os.environ.get('INCEPTION_FLAX_VERBOSE')))
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:

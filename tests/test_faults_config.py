@@ -122,3 +122,19 @@ def test_train_py_nonfinite_loss_exits_3_keeping_good_checkpoints(tmp_path):
   assert all(s < step for s in steps), (step, steps)
   last = f'step {max(steps)}' if steps else 'none'
   assert f'Last good checkpoint: {last} in {wd}/checkpoints' in line, line
+
+
+def test_train_py_starts_quietly(tmp_path):
+  """No library start-up notice that reads like a failure (CUDA probes on a CPU machine, TF's
+  CPU-instruction notice, JAX's missing TPU backend); the message that matters is all there is."""
+  env = dict(os.environ, INCEPTION_FLAX_CACHE=str(tmp_path / 'cache'), PYTHONPATH=str(ROOT))
+  for key in ('TF_CPP_MIN_LOG_LEVEL', 'INCEPTION_FLAX_VERBOSE'):
+    env.pop(key, None)
+  r = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "none"}',
+                      '--mode=eval'], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 1
+  assert r.stderr.startswith('ERROR: '), r.stderr[:2000]
+  for noise in ('cuInit', 'cudart_stub', 'cpu_feature_guard', "backend 'tpu'",
+                'absl::InitializeLog'):
+    assert noise not in r.stdout + r.stderr, noise
