@@ -332,3 +332,15 @@ def test_nonfinite_loss_stops_with_step(tmp_path):
     trainer.train(c, tmp_path, progress_bars=False)
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert all(s < e.value.step for s in steps)
+
+
+@pytest.mark.slow
+def test_misclassified_report_from_the_workdir_alone(runs):
+  from inception import misclassified  # pylint: disable=g-import-not-at-top
+  root, full, _, _ = runs
+  wd = root / 'full'
+  errors = misclassified.run(wd, split='test', log=lambda _: None)
+  assert len(errors) == round((1 - full['test']['accuracy']) * 8)
+  with open(wd / 'misclassified_test.csv') as f:
+    assert [r['path'] for r in csv.DictReader(f)] == [e['path'] for e in errors]
+  assert (wd / 'misclassified_test.png').is_file()
