@@ -9,7 +9,7 @@
 
 Training's default --workdir: workdirs/<config file stem>[_<config arg slug>], so rerunning the
 same command resumes the same run. Eval and predict rebuild the run from <workdir>/run.json
-(inception/run_record.py); a --config there may change only the eval keys
+(inception/train/run_record.py); a --config there may change only the eval keys
 (run_record.EVAL_OVERRIDABLE, e.g. --config.eval.batch_size) and must otherwise equal the run's.
 """
 
@@ -101,10 +101,12 @@ def main(argv) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
   if FLAGS.multihost:
-    from inception import sharding  # pylint: disable=g-import-not-at-top
+    from inception.train import sharding  # pylint: disable=g-import-not-at-top
     sharding.initialize_multihost()
   from configs import validate  # pylint: disable=g-import-not-at-top
-  from inception import checkpoints, run_record, trainer  # pylint: disable=g-import-not-at-top
+  from inception.train import checkpoints  # pylint: disable=g-import-not-at-top
+  from inception.train import run_record  # pylint: disable=g-import-not-at-top
+  from inception.train import trainer  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   raw_flag = None
   if config is not None:
@@ -138,11 +140,11 @@ def main(argv) -> int:
     if FLAGS.mode == 'train':
       trainer.train(config, workdir, progress_bars=FLAGS.progress)
     elif FLAGS.mode == 'eval':
-      from inception import evaluate  # pylint: disable=g-import-not-at-top
+      from inception.tools import evaluate  # pylint: disable=g-import-not-at-top
       evaluate.evaluate(workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                         eval_dir=FLAGS.eval_dir, data_root=FLAGS.data_root, config=config)
     else:
-      from inception import predict  # pylint: disable=g-import-not-at-top
+      from inception.tools import predict  # pylint: disable=g-import-not-at-top
       predict.predict(workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
                       output=FLAGS.output, config=config)
   except trainer.NonFiniteLossError as e:

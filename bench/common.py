@@ -122,12 +122,12 @@ def matmul_peak(size: int = 2048, repeats: int = 10, dtype: Any = None) -> float
   """This machine's measured float32 (or `dtype`) matmul rate in FLOP/s, best of repeats.
 
   The best, not the median: a peak, and on a shared machine the least disturbed run is the
-  closest to it. On CPU the best of XLA's default (YNNPACK) and Eigen (`inception.xla_options`)
+  closest to it. On CPU the best of XLA's default (YNNPACK) and Eigen (`inception.train.xla_options`)
   matmuls.
   """
   import jax
   import jax.numpy as jnp
-  from inception import xla_options
+  from inception.train import xla_options
   dtype = dtype or jnp.float32
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   b = jax.random.normal(jax.random.key(1), (size, size), dtype)

@@ -66,7 +66,7 @@ def make_config(args, head: str):
 
 def timed_run(config, workdir: pathlib.Path) -> list[float]:
   """Trains; returns each epoch's seconds (epoch 1 from the start of the training loop)."""
-  from inception import trainer
+  from inception.train import trainer
   marks: list[tuple[float, str]] = []
 
   def log(line: str) -> None:
@@ -84,7 +84,9 @@ def head_step_inputs(config):
   """What the cached head step runs on: (trainer session, replicated and data shardings, a batch
   of random cut-layer features [batch, h, w, C] with labels, a replicated dropout key)."""
   import jax
-  from inception import sharding, trainer, transfer
+  from inception.train import sharding
+  from inception.train import trainer
+  from inception.models import transfer
   s = trainer.build(config, log=lambda _: None)
   repl, dsh = sharding.replicated(s.mesh), sharding.data_sharded(s.mesh)
   feats = jax.eval_shape(transfer.BackboneOnly(s.model).apply,
@@ -101,7 +103,8 @@ def head_step_inputs(config):
 def head_step(config) -> tuple[float, float]:
   """(FLOPs per step from XLA's cost analysis, median seconds per step) of the cached step."""
   import jax
-  from inception import steps as steps_lib, transfer
+  from inception.train import steps as steps_lib
+  from inception.models import transfer
   s, repl, dsh, batch, key = head_step_inputs(config)
   step = steps_lib.make_train_step(transfer.HeadOnly(s.model), s.tx, s.mask,
                                    state_sharding=repl, batch_sharding=dsh)
@@ -122,7 +125,7 @@ def copy_bandwidth(nbytes: int, repeats: int = 10) -> float:
   its step is bound by this rather than by the matmul rate."""
   import jax
   import jax.numpy as jnp
-  from inception import xla_options
+  from inception.train import xla_options
   a = jnp.ones([nbytes // 4], jnp.float32)
   f = jax.jit(lambda a: a * 1.0001, compiler_options=xla_options.compiler_options())
   f(a).block_until_ready()
@@ -178,7 +181,7 @@ def main(argv=None) -> None:
   print(f'# data: {args.data_path or "SYNTHETIC (no real photos found)"}, '
         f'{args.images_per_class} images/class, augmentation off', flush=True)
 
-  from inception import feature_cache  # pylint: disable=g-import-not-at-top
+  from inception.train import feature_cache  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     feature_cache.DIRECTORY = pathlib.Path(tmp) / 'features'  # Epoch 1 really computes them.
     ours = {}

@@ -24,9 +24,9 @@ import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import keras_models
-from inception import folding
-from inception import model as model_lib
-from inception import xla_options
+from inception.models import folding
+from inception.models import inception_v3 as model_lib
+from inception.train import xla_options
 
 
 def main(argv=None) -> None:

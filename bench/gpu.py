@@ -6,7 +6,7 @@
 One prepared script for a time-limited accelerator: for each (mode, image size, dtype) it builds
 the seed recipe (`configs/dog_horse.py`: InceptionV3 cut at mixed7, flatten head, RMSprop,
 random weights; `model.dtype` float32 or bfloat16 computation with float32 params), compiles the
-project's train step (`inception.steps.make_train_step`) or eval step, runs `--warmup` untimed
+project's train step (`inception.train.steps.make_train_step`) or eval step, runs `--warmup` untimed
 and `--calls` timed steps on device-resident data, and prints images/s and achieved TFLOP/s
 (XLA cost analysis) against the chip's measured matmul rate for that dtype (a large square
 matmul in the same run). Settings after `--budget-s` seconds are skipped and listed, so the
@@ -27,7 +27,10 @@ def _setting(mode: str, size: int, dtype: str, batch: int, warmup: int, calls: i
   import jax
   import numpy as np
   from configs import dog_horse
-  from inception import optim, param_rules, steps, transfer
+  from inception.train import optim
+  from inception.train import param_rules
+  from inception.train import steps
+  from inception.models import transfer
 
   config = dog_horse.get_config()
   config.model.dtype = dtype

@@ -7,7 +7,7 @@ on cached mixed7 features at 150 px, batch 20 (`transfer.HeadOnly`, the step the
 trains with). Its 154 MB Dense kernel makes the step memory-bound, so the variants are about
 passes over that kernel:
 
-  project           the trainer's step: non-finite guard on, `inception.xla_options` (Eigen)
+  project           the trainer's step: non-finite guard on, `inception.train.xla_options` (Eigen)
   no guard          guard_nonfinite=False: no read of the gradient before the update
   xla defaults      XLA's default options (every dot a YNNPACK fusion)
   ynn dot+eltwise   YNNPACK dots with fused element-wise consumers (could fuse RMSprop into the
@@ -52,7 +52,8 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   print(common.environment(), flush=True)
   from configs import dog_horse
-  from inception import steps, transfer
+  from inception.train import steps
+  from inception.models import transfer
   import feature_cache  # bench/feature_cache.py: the step's inputs, copy_bandwidth.
 
   config = dog_horse.get_config()

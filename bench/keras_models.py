@@ -3,7 +3,7 @@
 `build_model` is the seed notebook's compiled model (frozen InceptionV3 cut at mixed7 + dense
 head); `backbone_of` its features alone; `augmentation` the notebook's ImageDataGenerator.
 Weights go Flax -> Keras (`load_flax_variables`) and Keras -> Flax (`to_flax_variables`) over
-one pairing of Keras layers with `inception.model.UNIT_PATHS` (`keras_units`).
+one pairing of Keras layers with `inception.models.inception_v3.UNIT_PATHS` (`keras_units`).
 `randomize_batchnorm` gives a model random BatchNorm statistics for feature comparisons;
 `random_reference` is the speed benchmarks' Keras model with our copy of its weights.
 The recipe runner is `keras_recipe.py`; the non-Keras helpers are in `common.py`.
@@ -25,7 +25,7 @@ if BENCH_DIR not in sys.path:  # Also when loaded by file path (tests): find `co
 # `common` also puts the repo root on sys.path (for `inception`).
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-NUM_UNITS = 94  # Conv+BN units of InceptionV3 (`inception.model.UNIT_PATHS`).
+NUM_UNITS = 94  # Conv+BN units of InceptionV3 (`inception.models.inception_v3.UNIT_PATHS`).
 # The seed notebook's training augmentation (ImageDataGenerator arguments besides rescale).
 TRAIN_AUGMENTATION = dict(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
                           shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
@@ -49,7 +49,7 @@ def keras_units(model) -> list[tuple[Any, Any]]:
 
   Keras names them conv2d[_k] / batch_normalization[_k] with k increasing in creation order
   (k may start above 0 when other models were built first), which is the order of
-  `inception.model.UNIT_PATHS`. A model cut early (e.g. at mixed7) has the first units only:
+  `inception.models.inception_v3.UNIT_PATHS`. A model cut early (e.g. at mixed7) has the first units only:
   pair i is UNIT_PATHS[i].
   """
   convs = [l for l in model.layers if re.fullmatch(r'conv2d(_\d+)?', l.name)]
@@ -73,7 +73,7 @@ def load_flax_variables(model, variables: Mapping[str, Any]) -> int:
   Args:
     model: `tf_keras.applications.InceptionV3(include_top=False, weights=None, ...)`, or a
       model holding its first units (see `keras_units`).
-    variables: {'params', 'batch_stats'} nested dicts keyed like `inception.model`: unit
+    variables: {'params', 'batch_stats'} nested dicts keyed like `inception.models.inception_v3`: unit
       (block, unit) has params[block][unit]['conv']['kernel'] [kh, kw, in, out] (HWIO, as
       Keras), params[block][unit]['bn']['bias'] [out], batch_stats[block][unit]['bn']['mean'
       | 'var'] [out]. Blocks absent from `variables` (e.g. after `select_blocks`) are skipped.
@@ -84,7 +84,7 @@ def load_flax_variables(model, variables: Mapping[str, Any]) -> int:
   Keras' BatchNormalization here has scale=False: weights [beta, moving_mean,
   moving_variance]; epsilon 1e-3 on both sides.
   """
-  from inception.model import UNIT_PATHS
+  from inception.models.inception_v3 import UNIT_PATHS
   params, stats = variables['params'], variables['batch_stats']
   loaded = 0
   for (block, unit), (conv, bn) in zip(UNIT_PATHS, keras_units(model)):
@@ -125,7 +125,7 @@ def to_flax_variables(model) -> dict[str, Any]:
      'batch_stats': {block: {unit: {'bn': {'mean', 'var'}}}}} for the units `model` has (a
     model cut at mixed7 gives the blocks up to mixed7): `load_flax_variables`' input layout.
   """
-  from inception.model import UNIT_PATHS
+  from inception.models.inception_v3 import UNIT_PATHS
   params, stats = {}, {}
   for (block, unit), (conv, bn) in zip(UNIT_PATHS, keras_units(model)):
     (kernel,) = conv.get_weights()
@@ -171,7 +171,7 @@ def build_model(image_size: int = 150, variables: Mapping[str, Any] | None = Non
   """
   common.quiet_tensorflow()
   import tf_keras
-  from inception.model import BLOCKS
+  from inception.models.inception_v3 import BLOCKS
   if variables is not None and cut in BLOCKS:
     # Checked before building Keras' model: a cut past the loaded blocks would silently
     # keep random weights there.

@@ -12,13 +12,13 @@ relative) before timing.
 
 Sections (each contender timed alternately A B A B ..., after warm-up and compilation, medians):
   forward    backbone features, batch 20 and 64: Keras (tf.function) vs ours (jit): unfolded,
-             with BatchNorm folded into the convs (`inception.folding`), and folded with
-             XLA's Eigen convolutions instead of YNNPACK (`inception.xla_options`).
+             with BatchNorm folded into the convs (`inception.models.folding`), and folded with
+             XLA's Eigen convolutions instead of YNNPACK (`inception.train.xla_options`).
   train/aug  `steps` train steps, augmentation on: Keras `model.fit(ImageDataGenerator(seed
              parameters).flow(x, y, batch_size=20))` vs ours: the project's train step
-             (`inception.steps.make_train_step`) fed by a tf.data pipeline on the same arrays using
+             (`inception.train.steps.make_train_step`) fed by a tf.data pipeline on the same arrays using
              the project's augmentation (`data.augment.random_augment`), prefetching (overlapped
-             with compute), compiled with default options and with `inception.xla_options`.
+             with compute), compiled with default options and with `inception.train.xla_options`.
              NOTE: the augmentations differ in implementation (Keras: scipy per
              image in Python; ours: ImageProjectiveTransformV3 in tf.data) but not in recipe.
   train      one step on a fixed in-memory batch, no augmentation: Keras `train_on_batch` vs our
@@ -42,9 +42,9 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 import tensorflow as tf
 
-from inception import folding
-from inception import model as model_lib
-from inception import xla_options
+from inception.models import folding
+from inception.models import inception_v3 as model_lib
+from inception.train import xla_options
 
 OPTIONS = xla_options.compiler_options('cpu')  # YNNPACK off: Eigen convolutions.
 
@@ -103,7 +103,10 @@ def bench_forward(keras_features, variables, batches, repeats: int, peak: float)
 def _ours_train_setup(variables_backbone):
   """The project's transfer model, optimizer, mask and jitted train step, seed recipe config."""
   from configs import dog_horse
-  from inception import optim, param_rules, steps, transfer
+  from inception.train import optim
+  from inception.train import param_rules
+  from inception.train import steps
+  from inception.models import transfer
   config = dog_horse.get_config()
   model = transfer.from_config(config, num_classes=2)
   variables = transfer.init_variables(model, SIZE, seed=0)
@@ -119,7 +122,7 @@ def _ours_train_setup(variables_backbone):
 def _our_augmented_batches(x_uint8: np.ndarray, y: np.ndarray, config) -> tf.data.Dataset:
   """Infinite augmented, rescaled batches of 20 from in-memory arrays, prefetched."""
   from data import augment
-  from inception import preprocessing
+  from data import preprocessing
   preprocess = preprocessing.get(config.data.preprocess)
   aug = config.data.augment
 

@@ -8,7 +8,7 @@ Each setting runs in its own subprocess (`--one mode,batch,size`), so its peak r
 is its own; XLA's own estimate of the compiled step's temporary buffers
 (`compiled.memory_analysis().temp_size_in_bytes`) is printed too. Model: the project's seed
 recipe (`configs/dog_horse.py`: mixed7 cut, flatten head, RMSprop; random weights), step:
-`inception.steps.make_train_step` / `make_eval_step`. Throughput: `calls` timed calls after
+`inception.train.steps.make_train_step` / `make_eval_step`. Throughput: `calls` timed calls after
 compilation and one untimed call, median. Settings run one after another, so a busy machine
 slows some more than others: read the table's trend, not its third digit.
 """
@@ -32,15 +32,18 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool,
   import jax
   import numpy as np
   from configs import dog_horse
-  from inception import optim, param_rules, steps, transfer
+  from inception.train import optim
+  from inception.train import param_rules
+  from inception.train import steps
+  from inception.models import transfer
 
-  # None: the project's options (inception/xla_options.py, as training uses); {}: XLA's own.
+  # None: the project's options (inception/train/xla_options.py, as training uses); {}: XLA's own.
   options = {} if xla_defaults else None
   config = dog_horse.get_config()
   model = transfer.from_config(config, num_classes=2)
   variables = transfer.init_variables(model, size, seed=0)
   if folded:
-    from inception import folding
+    from inception.models import folding
     variables = folding.fold_batchnorm(variables)
     model = _folded_transfer(model)
   rng = np.random.default_rng(0)
@@ -85,7 +88,7 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool,
 
 def _folded_transfer(model):
   """The transfer model with its backbone built folded (until transfer.py has the option)."""
-  from inception import transfer
+  from inception.models import transfer
   if 'fold_batchnorm' in transfer.TransferModel.__dataclass_fields__:
     return model.clone(fold_batchnorm=True)
   raise SystemExit('--folded needs transfer.TransferModel(fold_batchnorm=...), not there yet')
@@ -98,9 +101,9 @@ def main(argv=None) -> None:
   p.add_argument('--modes', default='train,eval')
   p.add_argument('--calls', type=int, default=1)
   p.add_argument('--folded', action='store_true',
-                 help='backbone with BatchNorm folded (inception.folding)')
+                 help='backbone with BatchNorm folded (inception.models.folding)')
   p.add_argument('--xla-defaults', action='store_true',
-                 help="XLA's default options instead of inception.xla_options (YNNPACK on)")
+                 help="XLA's default options instead of inception.train.xla_options (YNNPACK on)")
   p.add_argument('--one', help=argparse.SUPPRESS)  # mode,batch,size: child process.
   args = p.parse_args(argv)
   if args.one:

@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 import keras_recipe  # bench/keras_recipe.py  # pylint: disable=g-import-not-at-top
-from inception import reporting  # pylint: disable=g-import-not-at-top
+from inception.train import reporting  # pylint: disable=g-import-not-at-top
 
 # The notebook's reported last-epoch numbers, under this table's column names.
 NOTEBOOK = {'train_accuracy': keras_recipe.SEED_REPORTED['accuracy'],

@@ -31,8 +31,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 import tensorflow as tf
 
-from inception import folding
-from inception import model as model_lib
+from inception.models import folding
+from inception.models import inception_v3 as model_lib
 
 _T = 'LIBRARY_FUSION_TYPE_'
 YNN = 'xla_cpu_experimental_ynn_fusion_type'

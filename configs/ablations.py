@@ -1,6 +1,6 @@
 """Ablations of the seed recipe (configs/dog_horse.py), one variant per run.
 
-    python -m inception.ablations --config configs/ablations.py --workdir workdirs/ablations \\
+    python -m inception.tools.ablations --config configs/ablations.py --workdir workdirs/ablations \\
         [--variants baseline,cut_mixed5] [--seeds 0,1,2]
     python train.py --config configs/ablations.py:variant=head_gap,seed=1   # one variant
 
@@ -83,6 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     value = a[key]
     if value != _UNSET[key]:
       if key == 'augment':
-        value = common._convert('augment', value, True)  # pylint: disable=protected-access
+        value = common.convert('augment', value, True)
       set_path(c, dotted, value)
   return c

@@ -7,7 +7,8 @@ from typing import Any
 import ml_collections
 
 
-def _convert(key: str, text: str, default: Any) -> Any:
+def convert(key: str, text: str, default: Any) -> Any:
+  """`text` of config arg `key` as the type of its `default` (bool, int, float or str)."""
   if isinstance(default, bool):
     low = text.strip().lower()
     if low in ('1', 'true', 'yes', 'on'):
@@ -41,7 +42,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key = key.strip()
     if key not in defaults:
       raise ValueError(f'Unknown config arg {key!r}; valid keys: {", ".join(sorted(defaults))}')
-    out[key] = _convert(key, text, defaults[key])
+    out[key] = convert(key, text, defaults[key])
   return out
 
 

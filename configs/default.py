@@ -24,12 +24,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = data.config.get_config()
 
   c.model = ml_collections.ConfigDict()
-  # Backbone endpoint to cut at: one of inception.model.ENDPOINTS except 'predictions'
-  # (stem, mixed0..mixed10, avg_pool). The seed notebook: 'mixed7'.
+  # Backbone, a name in the registry `inception.models.backbones` (its endpoints, blocks,
+  # minimum image size and pretrained weights).
+  c.model.backbone = 'inception_v3'
+  # Backbone endpoint to cut at: one of the backbone's `endpoints`; InceptionV3: stem,
+  # mixed0..mixed10, avg_pool. The seed notebook: 'mixed7'.
   c.model.cut = 'mixed7'
-  # Backbone weights: 'tf2015' (the 2015 TF graph), 'keras' (Keras applications no-top),
-  # 'keras_top', 'random' (random init, no file), or a path to a weights file for
-  # inception.weights.load.
+  # Backbone weights: 'random' (random init, no file) or one of the backbone's named sources;
+  # InceptionV3: 'tf2015' (the 2015 TF graph), 'keras' (Keras applications no-top),
+  # 'keras_top', or a path to a weights file for inception.weights.load.
   c.model.weights = 'tf2015'
   # Head input: 'flatten' (Keras Flatten, the seed) or 'gap' (global average pool).
   c.model.head = 'flatten'
@@ -40,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Compute dtype: 'float32' or 'bfloat16' (mixed precision for GPU/TPU). Parameters,
   # optimizer state, logits and loss stay float32.
   c.model.dtype = 'float32'
-  # Backbone blocks (from inception.model.BLOCKS) whose BatchNorm runs in training mode
+  # Backbone blocks (of the backbone's `blocks`) whose BatchNorm runs in training mode
   # (batch statistics, running averages updated). Empty: every BatchNorm uses its running
   # statistics, as a frozen Keras backbone does. Usually the blocks unfrozen by param_rules.
   c.model.batchnorm_train_blocks = ()
@@ -85,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 1
   # Batches prefetched onto the devices ahead of the train step.
   c.train.prefetch_to_device = 2
-  # Feature cache (inception/feature_cache.py): when every backbone param is frozen
+  # Feature cache (inception/train/feature_cache.py): when every backbone param is frozen
   # (optimizer.param_rules multiplier 0), model.batchnorm_train_blocks is empty and augmentation
   # is off, the backbone's cut-layer features are computed once per split (kept in memory and in
   # <cache>/features/<key>/) and the epochs train the head alone on them: same batches, dropout,

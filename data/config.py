@@ -14,7 +14,7 @@ import pathlib
 import ml_collections
 
 SOURCES = ('animals10', 'folder', 'synthetic', 'tfds')
-PREPROCESSINGS = ('rescale', 'inception')  # Names in `inception.preprocessing`.
+PREPROCESSINGS = ('rescale', 'inception')  # Names in `data.preprocessing`.
 RESIZE_METHODS = ('nearest', 'bilinear', 'bicubic', 'area', 'lanczos3')
 LINK_MODES = ('symlink', 'copy')
 FILL_MODES = ('nearest', 'constant', 'reflect', 'wrap')
@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.split_seed = 0
   # Square side, pixels, that images are resized to (before augmentation, as Keras).
   c.image_size = 150
-  # Name in `inception.preprocessing`: 'rescale' (x/255, the seed's) or 'inception' (x/127.5-1).
+  # Name in `data.preprocessing`: 'rescale' (x/255, the seed's) or 'inception' (x/127.5-1).
   c.preprocess = 'rescale'
   # tf.image.resize method. 'nearest' is Keras `flow_from_directory`'s default interpolation.
   c.resize_method = 'nearest'

@@ -12,6 +12,7 @@ from data import cache
 from data import config as config_lib
 from data import restructure
 from data import sources
+from data import synthetic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,28 @@ class DatasetInfo:
     return d
 
 
+def resolve_source(config_data: ml_collections.ConfigDict, *,
+                   log: Callable[[str], None] = print) -> sources.Source:
+  """The `Source` that `config_data` asks for (generating synthetic data when needed)."""
+  c = config_data
+  if c.source == 'folder':
+    return sources.folder_source(c.path, tuple(c.classes))
+  if c.source == 'synthetic':
+    return synthetic.source(c.synthetic)
+  raw_img, where = sources.find_animals10(c.path, log=log)
+  if raw_img is None:
+    if c.source == 'animals10' and c.fallback_to_synthetic:
+      src = synthetic.source(c.synthetic)
+      return dataclasses.replace(
+          src, description=f'{src.description} -- Animals-10 not found, fell back to synthetic '
+                           'data (data.fallback_to_synthetic)')
+    raise FileNotFoundError(sources.HOW_TO_GET_ANIMALS10)
+  if c.source == 'tfds':
+    from data import tfds_animals10  # pylint: disable=g-import-not-at-top  # tensorflow_datasets
+    return tfds_animals10.export_source(raw_img, tuple(c.classes), where, log=log)
+  return sources.animals10_source(raw_img, tuple(c.classes), where)
+
+
 def subset_args(config_data: ml_collections.ConfigDict, source: sources.Source) -> dict:
   """Restructuring arguments for `source` (synthetic: its own sizes, not the Animals-10 ones)."""
   c = config_data
@@ -61,12 +84,12 @@ def prepare(config_data: ml_collections.ConfigDict, *,
   and stores `info.to_json()` with the run's outputs.
   """
   config_lib.validate(config_data)
-  src = sources.resolve(config_data, log=log)
+  src = resolve_source(config_data, log=log)
   args = subset_args(config_data, src)
   if config_data.dir:
     out = pathlib.Path(config_data.dir).expanduser()
   else:
-    key = restructure._args(src, **args)  # pylint: disable=protected-access
+    key = restructure.arguments(src, **args)
     out = cache.cache_dir() / 'datasets' / cache.args_hash(key)
   manifest = restructure.restructure(src, out, log=log, **args)
   desc = (f'{src.description}; subset {manifest["num_examples"]} '

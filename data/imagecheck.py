@@ -77,9 +77,9 @@ def _tf_decodes(blob: bytes) -> bool:
   fails such a file mid-epoch. Those files are kept through a normalised copy instead.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from data import pipeline  # pylint: disable=g-import-not-at-top  # imports this module
+  from data import decode  # pylint: disable=g-import-not-at-top
   try:
-    pipeline.decode(tf.constant(blob))
+    decode.decode(tf.constant(blob))
   except tf.errors.OpError:
     return False
   return True

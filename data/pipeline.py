@@ -1,6 +1,6 @@
 """tf.data input pipelines that yield numpy batches ready for JAX.
 
-Images: float32 [B, H, W, 3], preprocessed by `inception.preprocessing.get(config.preprocess)`;
+Images: float32 [B, H, W, 3], preprocessed by `data.preprocessing.get(config.preprocess)`;
 labels int32 [B]. Decoding: `tf.io.decode_image(channels=3, expand_animations=False)` (files
 were validated by the restructuring), resize to image_size x image_size with
 `config.resize_method` ('nearest' = Keras `flow_from_directory`'s default), then, for training,
@@ -28,9 +28,10 @@ import tensorflow as tf
 
 from data import augment
 from data import cache
+from data.decode import decode, decode_resize  # pylint: disable=unused-import  # Also public here.
 from data import imagecheck
 from data import restructure
-from inception import preprocessing
+from data import preprocessing
 
 _AUG_SEED_SALT = 0x5EED_A06  # Separates augmentation streams from other uses of `seed`.
 
@@ -53,32 +54,8 @@ def split_files(info, split: str) -> tuple[np.ndarray, np.ndarray]:
   return paths.astype(str) if len(paths) else np.zeros([0], str), labels
 
 
-def decode(raw: tf.Tensor) -> tf.Tensor:
-  """Encoded bytes -> uint8 [H, W, 3], as PIL (Keras' load_img) decodes them.
-
-  JPEGs use the accurate integer IDCT, PIL's; TF's default (INTEGER_FAST) differs by ~1 level.
-  """
-  img = tf.cond(
-      tf.io.is_jpeg(raw),
-      lambda: tf.io.decode_jpeg(raw, channels=3, dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8))
-  img.set_shape([None, None, 3])
-  return img
-
-
-def decode_resize(path: tf.Tensor, image_size: int, resize_method: str) -> tf.Tensor:
-  """File -> float32 [S, S, 3] on the 0..255 scale."""
-  img = decode(tf.io.read_file(path))
-  if resize_method == 'nearest':
-    img = tf.image.resize(img, [image_size, image_size], method='nearest')
-  else:
-    # PIL's filters (Keras' load_img) antialias when downscaling and return uint8.
-    img = tf.image.resize(img, [image_size, image_size], method=resize_method, antialias=True)
-    img = tf.round(tf.clip_by_value(img, 0.0, 255.0))
-  return tf.cast(img, tf.float32)
-
-
-def _local_batch(batch_size: int, process_index: int, process_count: int) -> int:
+def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
+  """This process's share of a global batch; ValueError unless it divides evenly."""
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, process_count='
                      f'{process_count})')
@@ -105,8 +82,8 @@ def steps_per_epoch(info, batch_size: int) -> int:
   return n // batch_size
 
 
-def _epoch_indices(n: int, batch_size: int, local: int, process_index: int, seed: int,
-                   start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def epoch_indices(n: int, batch_size: int, local: int, process_index: int, seed: int,
+                  start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Per epoch from start_step's: (example index, global step, position in global batch)."""
   spe = n // batch_size
   epoch = start_step // spe
@@ -147,7 +124,7 @@ def train_batches(info, config_data: ml_collections.ConfigDict, *, batch_size: i
   B = batch_size // process_count (batch_size is global). Augmented when
   config_data.augment.enabled. See the module doc for determinism and resumption.
   """
-  local = _local_batch(batch_size, process_index, process_count)
+  local = local_batch_size(batch_size, process_index, process_count)
   if seed < 0 or start_step < 0:
     raise ValueError(f'seed={seed} and start_step={start_step} must be >= 0')
   paths, labels = split_files(info, 'train')
@@ -172,7 +149,7 @@ def train_batches(info, config_data: ml_collections.ConfigDict, *, batch_size: i
     img.set_shape([s, s, 3])
     return {'image': preprocess(img), 'label': tf.gather(labels_t, i)}
 
-  gen = functools.partial(_epoch_indices, n, batch_size, local, process_index, int(seed),
+  gen = functools.partial(epoch_indices, n, batch_size, local, process_index, int(seed),
                           int(start_step))
   spec = tf.TensorSpec([None], tf.int64)
   ds = tf.data.Dataset.from_generator(gen, output_signature=(spec, spec, spec))
@@ -183,7 +160,7 @@ def train_batches(info, config_data: ml_collections.ConfigDict, *, batch_size: i
   yield from ds.as_numpy_iterator()
 
 
-def _padded_indices(n: int, batch_size: int, local: int, process_index: int) -> np.ndarray:
+def padded_indices(n: int, batch_size: int, local: int, process_index: int) -> np.ndarray:
   """Example index per slot of this process's batches, -1 for padding; every index once."""
   num_batches = math.ceil(n / batch_size)
   idx = np.full(num_batches * batch_size, -1, np.int64)
@@ -194,8 +171,8 @@ def _padded_indices(n: int, batch_size: int, local: int, process_index: int) -> 
 
 def _padded_batches(paths: np.ndarray, labels: np.ndarray, config_data, batch_size: int,
                     process_index: int, process_count: int, with_index: bool) -> Iterator[dict]:
-  local = _local_batch(batch_size, process_index, process_count)
-  idx = _padded_indices(len(paths), batch_size, local, process_index)
+  local = local_batch_size(batch_size, process_index, process_count)
+  idx = padded_indices(len(paths), batch_size, local, process_index)
   if not len(idx):
     return
   s = config_data.image_size

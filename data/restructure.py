@@ -72,8 +72,9 @@ def _list_class(folder: pathlib.Path) -> tuple[list[str], list[str]]:
   return sorted(images), sorted(other)
 
 
-def _args(source: sources.Source, images_per_class, validation_fraction, test_per_class, seed,
-          link_mode) -> dict:
+def arguments(source: sources.Source, images_per_class, validation_fraction, test_per_class,
+              seed, link_mode) -> dict:
+  """The restructuring's arguments as the manifest records them (they also key its folder)."""
   return {'format': FORMAT, 'source_kind': source.kind, 'source_root': str(source.root),
           'classes': [list(c) for c in source.classes],
           'images_per_class': int(images_per_class),
@@ -145,7 +146,7 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
     raise ValueError(f'images_per_class={images_per_class} with validation_fraction='
                      f'{validation_fraction} leaves no training images')
   out = pathlib.Path(out)
-  args = _args(source, images_per_class, validation_fraction, test_per_class, seed, link_mode)
+  args = arguments(source, images_per_class, validation_fraction, test_per_class, seed, link_mode)
   manifest_path = out / MANIFEST
   if manifest_path.exists():
     old = json.loads(manifest_path.read_text())

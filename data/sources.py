@@ -1,7 +1,7 @@
 """Where the images come from: Animals-10, any class-folder tree, synthetic data, TFDS.
 
-`resolve(config_data)` turns the config into a `Source`: a class-folder tree on disk
-(`root/<folder>/*`), the (class name, folder) pairs in label order and a description.
+A `Source` is a class-folder tree on disk (`root/<folder>/*`), the (class name, folder) pairs
+in label order and a description; `data.dataset.resolve_source(config_data)` picks one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import pathlib
 from typing import Callable
 
-import ml_collections
 
 # Animals-10 folder names (Italian, as Kaggle ships them) -> English, as the data set's
 # translate.py maps them.
@@ -165,27 +164,3 @@ def synthetic_banner(description: str) -> str:
       f'!!! {description}',
       '!!! Set data.path or $ANIMALS10_DIR to train on the real data set.',
       line])
-
-
-def resolve(config_data: ml_collections.ConfigDict, *,
-            log: Callable[[str], None] = print) -> Source:
-  """The `Source` that `config_data` asks for (generating synthetic data when needed)."""
-  c = config_data
-  if c.source == 'folder':
-    return folder_source(c.path, tuple(c.classes))
-  if c.source == 'synthetic':
-    from data import synthetic
-    return synthetic.source(c.synthetic)
-  raw_img, where = find_animals10(c.path, log=log)
-  if raw_img is None:
-    if c.source == 'animals10' and c.fallback_to_synthetic:
-      from data import synthetic
-      src = synthetic.source(c.synthetic)
-      return dataclasses.replace(
-          src, description=f'{src.description} -- Animals-10 not found, fell back to synthetic '
-                           'data (data.fallback_to_synthetic)')
-    raise FileNotFoundError(HOW_TO_GET_ANIMALS10)
-  if c.source == 'tfds':
-    from data import tfds_animals10
-    return tfds_animals10.export_source(raw_img, tuple(c.classes), where, log=log)
-  return animals10_source(raw_img, tuple(c.classes), where)

@@ -52,7 +52,7 @@ def install(spec: str) -> None:
                      f'of {", ".join(POINTS)}')
   hook = _counting(point, int(n))
   if point in ('train_step', 'eval_step'):
-    from inception import steps  # pylint: disable=g-import-not-at-top
+    from inception.train import steps  # pylint: disable=g-import-not-at-top
     name = f'make_{point}'
     make = getattr(steps, name)
 

@@ -29,7 +29,7 @@ def test_variants_cover_the_brief_and_validate():
 
 
 def test_summary_rows_mean_and_sample_std_per_variant():
-  from inception import ablations as runner  # pylint: disable=g-import-not-at-top
+  from inception.tools import ablations as runner  # pylint: disable=g-import-not-at-top
   base = {c: None for c in runner.COLUMNS}
   rows = [dict(base, variant='a', seed=0, test_accuracy=0.9, wall_time_s=10.0),
           dict(base, variant='b', seed=0, test_accuracy=0.5, wall_time_s=3.0),
@@ -43,7 +43,7 @@ def test_summary_rows_mean_and_sample_std_per_variant():
 
 @pytest.mark.slow
 def test_runner_two_tiny_variants_and_noop_rerun(tmp_path, monkeypatch):
-  from inception import ablations as runner  # pylint: disable=g-import-not-at-top
+  from inception.tools import ablations as runner  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('INCEPTION_FLAX_CACHE', str(tmp_path / 'cache'))
   cfg = 'configs/ablations.py:base=smoke,cut=stem,epochs=1'
   rows = runner.run(cfg, tmp_path / 'abl', variants=['baseline', 'dropout_0.5'], seeds=[0],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inception import checkpoints
+from inception.train import checkpoints
 
 # Accuracy moves in steps of 1/n on a small validation set: epochs 2-4 tie on accuracy.
 EPOCHS = [{'epoch': 1, 'accuracy': 0.96, 'loss': 0.020},

@@ -16,9 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from inception import checkpoints
-from inception import reporting
-from inception import steps as steps_lib
+from inception.train import checkpoints
+from inception.train import reporting
+from inception.train import steps as steps_lib
 
 ROOT = Path(__file__).resolve().parent.parent
 _TX = optax.adam(1e-3)
@@ -110,11 +110,11 @@ def _env(cache: Path) -> dict:
 def _with_run_record(workdir: Path) -> Path:
   """A minimal run record (run.json) of the smoke config in `workdir`."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from inception import run_record  # pylint: disable=g-import-not-at-top
+  from inception.train import run_record  # pylint: disable=g-import-not-at-top
   workdir.mkdir(parents=True, exist_ok=True)
   record = {'format': run_record.FORMAT,
             'config': json.loads(smoke.get_config('cut=stem').to_json_best_effort()),
-            'class_names': ['a', 'b'], 'weights': {'mixed10_pool': 'avg'},
+            'class_names': ['a', 'b'], 'weights': {'variant': {'mixed10_pool': 'avg'}},
             'data': {'is_synthetic': False, 'manifest_sha256': '', 'root': ''}}
   (workdir / run_record.RECORD).write_text(json.dumps(record))
   return workdir
@@ -143,7 +143,7 @@ def test_eval_without_a_usable_checkpoint_fails_naming_the_workdir(two_checkpoin
 @pytest.mark.slow
 def test_training_over_only_damaged_checkpoints_starts_fresh_loudly(tmp_path, monkeypatch):
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from inception import trainer  # pylint: disable=g-import-not-at-top
+  from inception.train import trainer  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('INCEPTION_FLAX_CACHE', str(tmp_path / 'cache'))
   wd = tmp_path / 'run'
   # A checkpoint directory of step 2 that is nothing but garbage (a previous run's remains).
@@ -160,7 +160,7 @@ def test_training_over_only_damaged_checkpoints_starts_fresh_loudly(tmp_path, mo
 
 def test_lock_of_a_killed_holder_is_free(tmp_path):
   """A second run is refused while the first holds the lock; SIGKILL of the holder frees it."""
-  code = ('import sys, time; from inception import checkpoints; '
+  code = ('import sys, time; from inception.train import checkpoints; '
           'checkpoints.WorkdirLock(sys.argv[1]).acquire(); print("locked", flush=True); '
           'time.sleep(600)')
   holder = subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], cwd=ROOT,

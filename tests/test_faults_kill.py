@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from inception import reporting
+from inception.train import reporting
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = 'configs/smoke.py:epochs=3,cut=stem'
@@ -84,7 +84,7 @@ def _kill_at_random_moment(workdir: Path, cache: Path, rng: random.Random
 
 def _model_bits(workdir: Path) -> tuple[dict, dict]:
   """{param path: uint32 view} and meta of the latest checkpoint (restored in this process)."""
-  from inception import evaluate  # pylint: disable=g-import-not-at-top
+  from inception.tools import evaluate  # pylint: disable=g-import-not-at-top
   restored = evaluate.restore(workdir, 'latest', log=lambda s: None)
   model_vars, meta = restored.variables, restored.meta
   leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(model_vars))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
-from inception import transfer
+from inception.models import transfer
 from inception import weights
 
 
@@ -48,7 +49,9 @@ def test_converted_file_of_another_architecture_is_refused_naming_the_variables(
   weights.save_converted(flat, {'source': 'someone else', 'mixed10_pool': 'avg'}, path)
   with pytest.raises(weights.WeightsError, match=r'other.npz: converted variables do not match '
                      r"InceptionV3 .* missing \['batch_stats/.*unexpected \['batch_stats/conv1"):
-    transfer.load_pretrained(str(path), 'stem', log=lambda s: None)
+    config = ml_collections.ConfigDict({'model': {'backbone': 'inception_v3',
+                                                  'weights': str(path), 'cut': 'stem'}})
+    transfer.load_pretrained(config, log=lambda s: None)
 
 
 def test_converted_file_without_pool_metadata_is_refused(tmp_path):

@@ -10,10 +10,11 @@ import pytest
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from configs import validate
-from inception import evaluate
-from inception import feature_cache
-from inception import trainer
-from inception import transfer
+from inception.tools import evaluate
+from inception import weights
+from inception.train import feature_cache
+from inception.train import trainer
+from inception.models import transfer
 
 # Cached and uncached metrics agree to this (absolute). They are bit-identical on XLA:CPU in
 # practice, but not guaranteed: the features come from eval-sized batches (eval.batch_size)
@@ -142,14 +143,16 @@ def test_corrupt_cache_file_is_recomputed(tmp_path):
 
 def test_key_changes_with_each_ingredient():
   config = _config()
-  prov = {'weights': 'tf2015', 'source': '/x', 'sha256': 'a' * 64, 'mixed10_pool': 'max'}
+  prov = {'weights': 'tf2015', 'source': '/x', 'sha256': 'a' * 64,
+          'variant': {'mixed10_pool': 'max'}}
   base = feature_cache.key_ingredients(config, prov, 'm' * 64, 'b' * 64)
   key = feature_cache.cache_key(base)
   assert feature_cache.cache_key(feature_cache.key_ingredients(
       config, {**prov, 'source': '/elsewhere'}, 'm' * 64, 'b' * 64)) == key
   variants = {
       'weights sha256': ({**prov, 'sha256': 'c' * 64}, 'm' * 64, 'b' * 64, None),
-      'mixed10_pool': ({**prov, 'mixed10_pool': 'avg'}, 'm' * 64, 'b' * 64, None),
+      'backbone variant': ({**prov, 'variant': {'mixed10_pool': 'avg'}}, 'm' * 64, 'b' * 64,
+                           None),
       'weights name': ({**prov, 'weights': 'keras'}, 'm' * 64, 'b' * 64, None),
       'manifest': (prov, 'n' * 64, 'b' * 64, None),
       'backbone values': (prov, 'm' * 64, 'd' * 64, None),
@@ -171,7 +174,7 @@ def test_key_changes_with_each_ingredient():
   # The backbone values' hash sees a one-ulp change (e.g. another random-init seed).
   tree = {'a': np.zeros([3], np.float32)}
   other = {'a': np.array([0, 0, np.float32(1e-45)], np.float32)}
-  assert feature_cache.tree_sha256(tree) != feature_cache.tree_sha256(other)
+  assert weights.content_sha256(tree) != weights.content_sha256(other)
 
 
 def test_auto_declines_and_says_why():

@@ -1,4 +1,4 @@
-"""inception.folding: the BatchNorm-folded backbone computes what the unfolded one does."""
+"""inception.models.folding: the BatchNorm-folded backbone computes what the unfolded one does."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception import folding
-from inception import model as model_lib
+from inception.models import folding
+from inception.models import inception_v3 as model_lib
 
 
 def _random_variables(shapes, seed):
@@ -122,8 +122,8 @@ def test_default_model_is_unchanged():
 
 
 def test_cpu_compiler_options_turn_ynnpack_off_and_keep_results():
-  """inception.xla_options (measured with the folded backbone): Eigen convs, same numbers."""
-  from inception import xla_options
+  """inception.train.xla_options (measured with the folded backbone): Eigen convs, same numbers."""
+  from inception.train import xla_options
   assert xla_options.compiler_options('gpu') == {}
   options = xla_options.compiler_options('cpu')
   x = jax.random.normal(jax.random.key(0), (2, 17, 17, 32))

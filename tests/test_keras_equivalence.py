@@ -9,6 +9,7 @@ endpoints compared at 75, 150 and 299 px.
 from __future__ import annotations
 
 import numpy as np
+from flax import traverse_util
 import pytest
 
 tf_keras = pytest.importorskip('tf_keras')
@@ -17,7 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import flax.linen as nn  # noqa: E402
 
-from inception import model as model_lib  # noqa: E402
+from inception.models import inception_v3 as model_lib  # noqa: E402
 from inception import weights  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -132,7 +133,8 @@ def test_loaded_h5_files_have_the_right_layout(loaded):
   assert notop.parameter_count == 21_802_784
   assert top.parameter_count == 21_802_784 + 2048 * 1000 + 1000
   # The two files hold the same backbone: identical conversions apart from the top.
-  flat_top, flat_notop = weights.flatten(top.variables), weights.flatten(notop.variables)
+  flat_top = traverse_util.flatten_dict(top.variables, sep='/')
+  flat_notop = traverse_util.flatten_dict(notop.variables, sep='/')
   assert set(flat_top) - set(flat_notop) == {'params/predictions/kernel',
                                              'params/predictions/bias'}
   for k, v in flat_notop.items():

@@ -40,7 +40,7 @@ def _random_flax_variables(image_size: int, stop_at: str, seed: int = 0):
   are He-normal, BN bias/mean ~ N(0, 0.1) and var ~ U(0.5, 2), so every BN term matters.
   """
   import jax
-  from inception.model import InceptionV3
+  from inception.models.inception_v3 import InceptionV3
   model = InceptionV3(stop_at=stop_at)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           np.zeros((1, image_size, image_size, 3), np.float32))
@@ -113,7 +113,7 @@ def test_build_model_rejects_variables_short_of_the_cut():
 def test_weight_copy_round_trips_through_a_fresh_model():
   """Keras -> Flax -> another Keras model -> Flax gives the same arrays, in our layout."""
   import jax
-  from inception.model import InceptionV3
+  from inception.models.inception_v3 import InceptionV3
   source = keras_models.build_model(75, cut='mixed2', seed=0)
   keras_models.randomize_batchnorm(source, seed=0)
   variables = keras_models.to_flax_variables(source)

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from inception import misclassified
+from inception.tools import misclassified
 
 
 def _rows(split_dir, items):

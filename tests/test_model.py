@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception import model as model_lib
+from inception.models import inception_v3 as model_lib
 
 
 def _count(tree) -> int:
@@ -139,7 +139,7 @@ def _filled(tree, seed: int = 0):
 def test_fused_1x1_units_compute_what_the_units_do_one_by_one():
   """fuse_1x1 (the default) is a faster schedule of the same network: same params, same
   outputs and BatchNorm updates (to float rounding), unfolded, training and folded."""
-  from inception import folding  # pylint: disable=g-import-not-at-top
+  from inception.models import folding  # pylint: disable=g-import-not-at-top
   fused = model_lib.InceptionV3(stop_at='mixed10')
   plain = fused.clone(fuse_1x1=False)
   assert fused.fuse_1x1

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from inception import optim
+from inception.train import optim
 
 
 def _keras_updates(opt, grads_seq, w0):

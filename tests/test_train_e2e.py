@@ -17,13 +17,13 @@ import pytest
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from data import testing
-from inception import checkpoints
-from inception import evaluate
-from inception import predict
-from inception import reporting
-from inception import run_record
-from inception import trainer
-from inception import transfer
+from inception.train import checkpoints
+from inception.tools import evaluate
+from inception.tools import predict
+from inception.train import reporting
+from inception.train import run_record
+from inception.train import trainer
+from inception.models import transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 LAST_LINE = re.compile(r'^(.+) @ step (\d+) \((\w+)\): accuracy (\S+) loss (\S+) \(n=(\d+)\)$')
@@ -96,7 +96,7 @@ def test_outputs_written(runs):
   assert [r['epoch'] for r in records if r['split'] == 'validation'] == [1, 2]
   assert sorted(p.name for p in (wd / 'tensorboard').iterdir()) == [
       'train', 'train_epoch', 'validation']
-  from inception import reporting  # pylint: disable=g-import-not-at-top
+  from inception.train import reporting  # pylint: disable=g-import-not-at-top
   events = reporting.read_events(next((wd / 'tensorboard' / 'validation').iterdir()))
   assert sorted({(s, t) for s, t, _ in events}) == [(3, 'accuracy'), (3, 'loss'),
                                                      (6, 'accuracy'), (6, 'loss')]
@@ -336,7 +336,7 @@ def test_nonfinite_loss_stops_with_step(tmp_path):
 
 @pytest.mark.slow
 def test_misclassified_report_from_the_workdir_alone(runs):
-  from inception import misclassified  # pylint: disable=g-import-not-at-top
+  from inception.tools import misclassified  # pylint: disable=g-import-not-at-top
   root, full, _, _ = runs
   wd = root / 'full'
   errors = misclassified.run(wd, split='test', log=lambda _: None)

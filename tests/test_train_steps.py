@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from inception import optim
-from inception import param_rules
-from inception import steps
-from inception import transfer
+from inception.train import optim
+from inception.train import param_rules
+from inception.train import steps
+from inception.models import transfer
 
 SIZE = 75
 

@@ -14,11 +14,12 @@ import zipfile
 
 import h5py
 import numpy as np
+from flax import traverse_util
 import pytest
 
-from inception import keras_h5
-from inception import model as model_lib
-from inception import torchscript_reader
+from inception.weights import keras_h5
+from inception.models import inception_v3 as model_lib
+from inception.weights import torchscript_reader
 from inception import weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -427,7 +428,8 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
 def _fake_variables(include_top=False):
   """Zero-memory arrays of the model's shapes."""
   flat = weights._model_shapes(include_top)
-  return weights.unflatten({k: np.broadcast_to(np.float32(0), s) for k, s in flat.items()})
+  return traverse_util.unflatten_dict(
+      {k: np.broadcast_to(np.float32(0), s) for k, s in flat.items()}, sep='/')
 
 
 def test_select_blocks_and_check_matches():
@@ -449,12 +451,12 @@ def test_select_blocks_and_check_matches():
   with pytest.raises(ValueError, match=r"missing blocks \['mixed7'\]"):
     weights.check_matches(weights.select_blocks(variables, 'mixed6'),
                           model_lib.InceptionV3(stop_at='mixed7'), 150)
-  partial = weights.unflatten(dict(weights.flatten(mixed7)))
+  partial = traverse_util.unflatten_dict(dict(traverse_util.flatten_dict(mixed7, sep='/')), sep='/')
   del partial['batch_stats']['mixed7']['branch1x1']
   with pytest.raises(ValueError, match=r'missing batch_stats/mixed7/branch1x1/bn/mean '
                      r'\(expected shape \(192,\)\)'):
     weights.check_matches(partial, model_lib.InceptionV3(stop_at='mixed7'), 150)
-  broken = weights.unflatten(dict(weights.flatten(mixed7)))
+  broken = traverse_util.unflatten_dict(dict(traverse_util.flatten_dict(mixed7, sep='/')), sep='/')
   broken['params']['mixed5']['branch7x7_2']['conv']['kernel'] = np.zeros((7, 1, 160, 160))
   with pytest.raises(ValueError, match=r'params/mixed5/branch7x7_2/conv/kernel: expected shape '
                      r'\(1, 7, 160, 160\), found \(7, 1, 160, 160\)'):
@@ -593,7 +595,7 @@ def test_tf2015_file_and_metadata(tf2015):
   assert tf2015.parameter_count == 21_802_784
   weights.check_matches(tf2015.variables, model_lib.InceptionV3(mixed10_pool='max'), 299)
   # Spot values of the first unit, read independently from the TorchScript file.
-  flat = weights.flatten(tf2015.variables)
+  flat = traverse_util.flatten_dict(tf2015.variables, sep='/')
   assert all(v.dtype == np.float32 for v in flat.values())
   var = flat['batch_stats/stem/conv2d_1a_3x3/bn/var']
   assert np.all(var > 0) and np.all(np.isfinite(var))

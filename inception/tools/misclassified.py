@@ -1,9 +1,9 @@
 """The misclassified images of a split: a CSV and a contact sheet, for looking at the errors.
 
-    python -m inception.misclassified --workdir W [--split test] [--checkpoint latest] \\
+    python -m inception.tools.misclassified --workdir W [--split test] [--checkpoint latest] \\
         [--max-images 48]
 
-The run is rebuilt from its workdir (`inception.evaluate.restore`). Predicts every file of the
+The run is rebuilt from its workdir (`inception.tools.evaluate.restore`). Predicts every file of the
 split as the run's manifest lists it (`<subset root>/<split>/<class>/*`, each checked against its
 recorded sha256) with the checkpoint, and writes
 `<workdir>/misclassified_<split>.csv` (path, true class, predicted class, probability of the
@@ -61,7 +61,8 @@ def run(workdir: str | Path, *, split: str = 'test', checkpoint: str = 'latest',
         max_images: int = 48, log: Callable[[str], None] = print) -> list[dict]:
   """Predicts `split` of the run's subset; writes the CSV and PNG; returns the errors."""
   from data import restructure  # pylint: disable=g-import-not-at-top
-  from inception import predict, run_record  # pylint: disable=g-import-not-at-top
+  from inception.tools import predict  # pylint: disable=g-import-not-at-top
+  from inception.train import run_record  # pylint: disable=g-import-not-at-top
   workdir = Path(workdir)
   record = run_record.load(workdir)
   root = Path(record.data['root'])

@@ -1,6 +1,6 @@
 """Runs ablation variants x seeds, each in its own workdir, and writes one results table.
 
-    python -m inception.ablations --config configs/ablations.py --workdir workdirs/ablations \\
+    python -m inception.tools.ablations --config configs/ablations.py --workdir workdirs/ablations \\
         [--variants baseline,head_gap] [--seeds 0,1,2]
 
 `--config` may carry extra args for every run (`configs/ablations.py:base=smoke,epochs=1`);
@@ -108,7 +108,7 @@ def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None
         seeds: Sequence[int] = (0,), log: Callable[[str], None] = print,
         progress_bars: bool = True) -> list[dict]:
   """Trains every (variant, seed) not yet finished; returns and writes the results rows."""
-  from inception import trainer  # pylint: disable=g-import-not-at-top
+  from inception.train import trainer  # pylint: disable=g-import-not-at-top
   path, _, extra = config_path.partition(':')
   module = load_config_module(path)
   all_variants = module.get_variants()

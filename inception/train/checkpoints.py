@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from inception import steps as steps_lib
+from inception.train import steps as steps_lib
 
 
 BEST_METRICS = ('accuracy_then_loss', 'loss')

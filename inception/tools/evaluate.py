@@ -1,7 +1,7 @@
 """Evaluate a trained run's checkpoint on its recorded validation or test split, or on any
 class-folder tree, from its workdir alone.
 
-The run is rebuilt from `<workdir>/run.json` (`inception.run_record`): config, class names,
+The run is rebuilt from `<workdir>/run.json` (`inception.train.run_record`): config, class names,
 preprocessing, image size, model. The model ({'params', 'batch_stats'}, backbone included) comes
 from `<workdir>/checkpoints` ('latest' or a step) or `<workdir>/best` ('best'); no weights file
 is read and no data set is prepared, found or downloaded. A split is read from exactly the files
@@ -27,12 +27,13 @@ import numpy as np
 
 import data
 from data import restructure
-from inception import checkpoints
-from inception import reporting
-from inception import run_record
-from inception import sharding
-from inception import steps as steps_lib
-from inception import transfer
+from inception import checks
+from inception.train import checkpoints
+from inception.train import reporting
+from inception.train import run_record
+from inception.train import sharding
+from inception.train import steps as steps_lib
+from inception.models import transfer
 
 FORMAT = 1  # Of the eval JSON.
 
@@ -53,6 +54,16 @@ class Restored:
   mesh: Any
   checkpoint: str
   batch_size: int
+
+
+def validate_overrides(config: ml_collections.ConfigDict) -> None:
+  """Checks the values of the keys eval and predict may change (run_record.EVAL_OVERRIDABLE)."""
+  checks.number('eval.batch_size', config.eval.batch_size, lo=1, integer=True)
+  checks.number('data.num_parallel_calls', config.data.num_parallel_calls, lo=-1, integer=True)
+  if config.data.num_parallel_calls == 0:
+    raise ValueError('config.data.num_parallel_calls=0 is not valid; use -1 (AUTOTUNE) or >= 1')
+  checks.number('data.prefetch', config.data.prefetch, lo=-1, integer=True)
+  checks.boolean('data.deterministic', config.data.deterministic)
 
 
 def _checkpoint_dir(workdir: Path, checkpoint: str) -> tuple[Path, int | None]:
@@ -87,7 +98,7 @@ def restore(workdir: str | Path, checkpoint: str = 'latest', *,
         f'No checkpoints at {directory}; the run in {workdir} saved none '
         f'{"(checkpoint.keep_best was off)" if checkpoint == "best" else "yet"}.')
   mesh = sharding.make_mesh()
-  model = transfer.from_config(config, len(record.class_names), record.weights['mixed10_pool'])
+  model = transfer.from_config(config, len(record.class_names), record.weights['variant'])
   abstract = transfer.variable_shapes(model, config.data.image_size)
   mngr = checkpoints.manager(directory, keep=1_000_000, async_save=False)
   try:
@@ -102,20 +113,6 @@ def restore(workdir: str | Path, checkpoint: str = 'latest', *,
     log(f'eval.batch_size {config.eval.batch_size} -> {batch_size}: a multiple of the '
         f'{devices} devices (padding is masked out)')
   return Restored(record, config, model, variables, meta, mesh, checkpoint, batch_size)
-
-
-def evaluate_batches(eval_step: Callable, variables: dict, batches, mesh) -> dict:
-  """Runs `eval_step` over an iterable of host batches; returns loss/accuracy/count/confusion."""
-  total = None
-  for batch in sharding.prefetch_to_device(batches, mesh):
-    sums = eval_step(variables, batch)
-    total = sums if total is None else jax.tree.map(jax.numpy.add, total, sums)
-  if total is None:
-    raise ValueError('Evaluation got no batches (empty split?)')
-  total = jax.device_get(total)
-  count = float(total['count'])
-  return {'loss': float(total['loss']) / count, 'accuracy': float(total['correct']) / count,
-          'count': int(count), 'confusion': np.asarray(total['confusion'])}
 
 
 def _digest(rows) -> str:
@@ -190,7 +187,7 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
                                 process_count=jax.process_count())
   eval_step = steps_lib.make_eval_step(r.model, len(r.record.class_names), replicated=repl,
                                        batch_sharding=dsh)
-  res = evaluate_batches(eval_step, r.variables, batches, r.mesh)
+  res = steps_lib.evaluate_batches(eval_step, r.variables, batches, r.mesh)
   step = int(r.meta['step'])
   out = {'format': FORMAT, 'what': what, 'checkpoint': checkpoint, 'step': step,
          'epoch': r.meta.get('epoch'), 'loss': res['loss'], 'accuracy': res['accuracy'],

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from inception import model as model_lib
+from inception.models import inception_v3 as model_lib
 
 
 def _is_unit(params: Any) -> bool:

@@ -30,14 +30,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from data import cache as data_cache
 from data import pipeline
-from inception import param_rules
-from inception import sharding
-from inception import transfer
+from inception.train import param_rules
+from inception.train import sharding
+from inception.models import transfer
 from inception import weights
-from inception import xla_options
+from inception.train import xla_options
 
 MODES = ('auto', 'on', 'off')
 FORMAT_VERSION = 2  # Bump when the features a key names change (e.g. the backbone's code).
@@ -109,23 +110,14 @@ def check_on(config: Any, params: Any = None) -> str | None:
   return reason
 
 
-def tree_sha256(tree: Any) -> str:
-  """sha256 over a pytree's paths, dtypes, shapes and bytes (order: flattened paths)."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f'{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|'.encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
-
-
 def key_ingredients(config: Any, provenance: dict, manifest_sha256: str,
                     backbone_sha256: str) -> dict:
   """Everything the cached features depend on (JSON-able)."""
   d, m = config.data, config.model
   return {
       'format': FORMAT_VERSION,
-      'weights': {k: provenance.get(k) for k in ('weights', 'sha256', 'mixed10_pool')},
+      'backbone': m.backbone,
+      'weights': {k: provenance.get(k) for k in ('weights', 'sha256', 'variant')},
       'backbone_sha256': backbone_sha256,  # Covers random inits (seed) and checkpoints too.
       'cut': m.cut, 'image_size': int(d.image_size), 'resize_method': d.resize_method,
       'preprocess': d.preprocess, 'dtype': m.dtype, 'manifest_sha256': manifest_sha256,
@@ -167,8 +159,9 @@ class FeatureCache:
     # A host copy, replicated anew: the train step donates (deletes) the state's buffers.
     host = jax.device_get(backbone_variables)
     self.variables = sharding.replicate(host, mesh)
-    self.ingredients = key_ingredients(config, provenance, info.manifest_sha256,
-                                       tree_sha256(host))
+    self.ingredients = key_ingredients(
+        config, provenance, info.manifest_sha256,
+        weights.content_sha256(traverse_util.flatten_dict(host, sep='/')))
     self.key = cache_key(self.ingredients)
     directory = directory or DIRECTORY
     base = pathlib.Path(directory) if directory else data_cache.cache_dir() / 'features'
@@ -275,9 +268,9 @@ class FeatureCache:
     Same examples per (seed, step) as `data.pipeline.train_batches`: its epoch permutation.
     """
     feats, labels = self.features('train')
-    local = pipeline._local_batch(batch_size, process_index, process_count)  # pylint: disable=protected-access
+    local = pipeline.local_batch_size(batch_size, process_index, process_count)
     pipeline.steps_per_epoch(self.info, batch_size)
-    epochs = pipeline._epoch_indices(len(labels), batch_size, local, process_index, int(seed),  # pylint: disable=protected-access
+    epochs = pipeline.epoch_indices(len(labels), batch_size, local, process_index, int(seed),
                                      int(start_step))
     for idx, _, _ in epochs:
       for b in idx.reshape(-1, local):
@@ -287,8 +280,8 @@ class FeatureCache:
                    process_count: int = 1) -> Iterator[dict]:
     """One pass like `data.pipeline.eval_batches`: {'image': features, 'label', 'mask'}."""
     feats, labels = self.features(split)
-    local = pipeline._local_batch(batch_size, process_index, process_count)  # pylint: disable=protected-access
-    idx = pipeline._padded_indices(len(labels), batch_size, local, process_index)  # pylint: disable=protected-access
+    local = pipeline.local_batch_size(batch_size, process_index, process_count)
+    idx = pipeline.padded_indices(len(labels), batch_size, local, process_index)
     for b in idx.reshape(-1, local):
       valid = b >= 0
       j = np.maximum(b, 0)

@@ -13,7 +13,8 @@ run.json (format 1):
     class_names     label i = class_names[i]
     data            data.DatasetInfo.to_json(): kind, root (the restructured subset), description,
                     is_synthetic, banner, manifest_sha256, num_examples
-    weights         provenance: weights (name or path), source, sha256, mixed10_pool
+    weights         provenance: weights (name or path), source, sha256, variant (the backbone's
+                    build keywords, e.g. {'mixed10_pool': 'max'})
 
 The checkpoints hold every parameter (the backbone too), so with this record a copied workdir
 evaluates and predicts with no weights file and no data set.

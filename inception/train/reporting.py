@@ -66,6 +66,12 @@ class MetricsWriter:
       w.close()
     self._writers.clear()
 
+  def __enter__(self) -> 'MetricsWriter':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
 
 class EventFileWriter:
   """TensorBoard scalar event files, written with TF's protos and TFRecord framing only.

@@ -13,7 +13,7 @@ The two differ a lot for tiny gradients (v starts at 0), so the config picks one
 (`optimizer.eps_in_sqrt`); tests/test_rmsprop.py checks both against tf_keras.
 
 `make(config.optimizer, params)` builds an `optax.multi_transform` keyed by the labels of
-`inception.param_rules`: frozen leaves get `optax.set_to_zero()`, which allocates no state, and
+`inception.train.param_rules`: frozen leaves get `optax.set_to_zero()`, which allocates no state, and
 every other multiplier gets the base optimizer at lr * multiplier.
 """
 
@@ -23,7 +23,8 @@ from typing import Any
 
 import optax
 
-from inception import param_rules
+from inception import checks
+from inception.train import param_rules
 
 OPTIMIZERS = ('rmsprop', 'adam', 'sgd')
 
@@ -46,6 +47,19 @@ def base(opt: Any, lr: float) -> optax.GradientTransformation:
   if opt.name == 'sgd':
     return optax.sgd(lr, momentum=opt.momentum if opt.momentum else None)
   raise ValueError(f'optimizer.name={opt.name!r} is unknown; valid: {", ".join(OPTIMIZERS)}')
+
+
+def validate_config(opt: Any) -> None:
+  """Checks `config.optimizer`, naming the key and what is valid."""
+  checks.choice('optimizer.name', opt.name, OPTIMIZERS)
+  checks.number('optimizer.lr', opt.lr, lo=0, lo_open=True)
+  checks.number('optimizer.rho', opt.rho, lo=0, hi=1, hi_open=True)
+  checks.number('optimizer.epsilon', opt.epsilon, lo=0, lo_open=True)
+  checks.number('optimizer.momentum', opt.momentum, lo=0, hi=1, hi_open=True)
+  checks.boolean('optimizer.eps_in_sqrt', opt.eps_in_sqrt)
+  param_rules.check_rules(opt.param_rules, 'config.optimizer.param_rules')
+  if not opt.param_rules:
+    raise ValueError('config.optimizer.param_rules is empty; end it with (".*", 1.0)')
 
 
 def make(opt: Any, params: Any) -> optax.GradientTransformation:

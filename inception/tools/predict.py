@@ -1,5 +1,5 @@
 """Predict classes of image files or folders with a trained run's checkpoint, from its workdir
-alone (see `inception.evaluate.restore`); optional CSV with a JSON sidecar saying what made it."""
+alone (see `inception.tools.evaluate.restore`); optional CSV with a JSON sidecar saying what made it."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import ml_collections
 import numpy as np
 
 import data
-from inception import evaluate
-from inception import sharding
-from inception import steps as steps_lib
+from inception.tools import evaluate
+from inception.train import sharding
+from inception.train import steps as steps_lib
 
 
 def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'latest',

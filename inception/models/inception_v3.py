@@ -41,7 +41,7 @@ Parameter tree (`params`), batch statistics (`batch_stats`: `mean`, `var`) mirro
 suffixes `conv2d_1..94` and of the units in the 2015 TensorFlow graph); weight converters use it.
 `CONCAT_ORDER` names what fills each block's output channels, in order (the branch wiring).
 
-Inputs are NHWC float images already preprocessed (see `inception.preprocessing`); the model
+Inputs are NHWC float images already preprocessed (see `data.preprocessing`); the model
 does not guess the input range.
 """
 
@@ -115,7 +115,7 @@ class ConvBN(nn.Module):
   """Keras' `conv2d_bn`: Conv (no bias) -> BatchNorm (no scale) -> ReLU.
 
   With `fold_batchnorm` the unit is Conv (with bias) -> ReLU, params `conv/{kernel, bias}`:
-  a frozen BatchNorm folded into the conv (see `inception.folding`).
+  a frozen BatchNorm folded into the conv (see `inception.models.folding`).
 
   `conv_output` (keyword): this unit's conv output, bias included when folded, already computed
   by `_Block.units_1x1` from the unit's own `conv` params; then `x` is not used and only the
@@ -339,7 +339,7 @@ class InceptionV3(nn.Module):
     mixed10_pool: 'avg' (Keras) or 'max' (the 2015 TensorFlow graph; see `InceptionE`).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
     fold_batchnorm: every unit is Conv (with bias) -> ReLU, for variables made by
-      `inception.folding.fold_batchnorm` (frozen backbone; no `batch_stats`, no train_blocks).
+      `inception.models.folding.fold_batchnorm` (frozen backbone; no `batch_stats`, no train_blocks).
     fuse_1x1: compute each block's 1x1 units that read the block input as one conv
       (`_Block.units_1x1`); same parameters, same values up to float rounding, faster.
 

@@ -1,13 +1,13 @@
 """Train state, losses and the jitted train / eval / predict steps (pure functions of pytrees).
 
-Freezing: `mask` (from `inception.param_rules.trainable_mask`) splits the params into a trainable
+Freezing: `mask` (from `inception.train.param_rules.trainable_mask`) splits the params into a trainable
 and a frozen part; the loss is differentiated with respect to the trainable part ONLY, so JAX
 never builds a backward pass through frozen layers (a fully frozen backbone costs one forward
 pass). Frozen params and frozen BatchNorm statistics are passed through untouched (bit-for-bit).
 
 Randomness: dropout uses `fold_in(base_key, step)`, so a resumed run replays exactly.
 
-On CPU the steps compile with YNNPACK fusions off (`inception/xla_options.py`): XLA's Eigen
+On CPU the steps compile with YNNPACK fusions off (`inception/train/xla_options.py`): XLA's Eigen
 convolutions run this network ~1.3x faster on a 2-core x86 host (bench/README.md).
 """
 
@@ -20,10 +20,12 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from inception import param_rules
-from inception import xla_options
+from inception.train import param_rules
+from inception.train import sharding
+from inception.train import xla_options
 
 
 @flax.struct.dataclass
@@ -127,7 +129,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
     if guard_nonfinite:
       # A conditional rather than a select of new vs old values: the update then writes the
       # donated buffers in place (a select keeps the old optimizer state alive, which costs
-      # XLA a copy of it: ~20% of the Flatten head's step).
+      # XLA a copy of it: ~20% of the Flatten head's step; docs/performance.md). Not
+      # optax.apply_if_finite (also a lax.cond): it guards the optimizer alone, and the
+      # BatchNorm statistics of `train_blocks` must be skipped with the same batch.
       new_trainable, opt_state, batch_stats = jax.lax.cond(
           finite, update, lambda t, o, b, *_: (t, o, b), *operands)
     else:
@@ -186,3 +190,17 @@ def make_predict_step(model: nn.Module, *, replicated: Any = None,
   if replicated is not None:
     kwargs = dict(in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
   return jax.jit(predict_step, compiler_options=_options(compiler_options), **kwargs)
+
+
+def evaluate_batches(eval_step: Callable, variables: dict, batches, mesh) -> dict:
+  """Runs `eval_step` over an iterable of host batches; returns loss/accuracy/count/confusion."""
+  total = None
+  for batch in sharding.prefetch_to_device(batches, mesh):
+    sums = eval_step(variables, batch)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    raise ValueError('Evaluation got no batches (empty split?)')
+  total = jax.device_get(total)
+  count = float(total['count'])
+  return {'loss': float(total['loss']) / count, 'accuracy': float(total['correct']) / count,
+          'count': int(count), 'confusion': np.asarray(total['confusion'])}

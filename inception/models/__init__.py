@@ -1,0 +1,1 @@
+"""The backbone ports, the transfer model (backbone + head) and their variants."""

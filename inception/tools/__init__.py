@@ -1,0 +1,1 @@
+"""What users run on trained runs: evaluate, predict, misclassified, the ablation runner."""
