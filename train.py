@@ -11,6 +11,11 @@ Training's default --workdir: workdirs/<config file stem>[_<config arg slug>], s
 same command resumes the same run. Eval and predict rebuild the run from <workdir>/run.json
 (inception/train/run_record.py); a --config there may change only the eval keys
 (run_record.EVAL_OVERRIDABLE, e.g. --config.eval.batch_size) and must otherwise equal the run's.
+
+This entry point uses absl flags because ml_collections' config flags (`--config.x.y=...`) are
+absl flags. The module CLIs (`python -m inception.weights`, `inception.tools.*`,
+`data.restructure`) use argparse: their `main(argv)` is called in-process by tests and tools,
+and absl's flags are process-wide state.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ The recipe runner is `keras_recipe.py`; the non-Keras helpers are in `common.py`
 from __future__ import annotations
 
 import pathlib
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +23,7 @@ if BENCH_DIR not in sys.path:  # Also when loaded by file path (tests): find `co
   sys.path.insert(0, BENCH_DIR)
 # `common` also puts the repo root on sys.path (for `inception`).
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from inception.weights import keras_h5  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_UNITS = 94  # Conv+BN units of InceptionV3 (`inception.models.inception_v3.UNIT_PATHS`).
 # The seed notebook's training augmentation (ImageDataGenerator arguments besides rescale).
@@ -38,12 +38,6 @@ def configure_tensorflow(threads: int) -> None:
   tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def _suffix(name: str) -> int:
-  """Numeric suffix of a Keras auto-generated layer name: 'conv2d' -> 0, 'conv2d_12' -> 12."""
-  m = re.search(r'_(\d+)$', name)
-  return int(m.group(1)) if m else 0
-
-
 def keras_units(model) -> list[tuple[Any, Any]]:
   """The (Conv2D, BatchNormalization) layer pairs of a Keras InceptionV3, in creation order.
 
@@ -52,14 +46,14 @@ def keras_units(model) -> list[tuple[Any, Any]]:
   `inception.models.inception_v3.UNIT_PATHS`. A model cut early (e.g. at mixed7) has the first units only:
   pair i is UNIT_PATHS[i].
   """
-  convs = [l for l in model.layers if re.fullmatch(r'conv2d(_\d+)?', l.name)]
-  bns = [l for l in model.layers if re.fullmatch(r'batch_normalization(_\d+)?', l.name)]
+  by_name = {l.name: l for l in model.layers}
+  # The creation order by name suffix, as the h5 reader orders a file's layers.
+  convs = [by_name[n] for n in keras_h5.layers_of_kind(by_name, 'conv2d')]
+  bns = [by_name[n] for n in keras_h5.layers_of_kind(by_name, 'batch_normalization')]
   if len(convs) != len(bns) or not 0 < len(convs) <= NUM_UNITS:
     raise ValueError(f'Keras model {model.name!r} has {len(convs)} conv2d and {len(bns)} '
                      f'batch_normalization layers; an InceptionV3 (or one cut early) has the '
                      f'same number of each, 1 to {NUM_UNITS}')
-  convs.sort(key=lambda l: _suffix(l.name))
-  bns.sort(key=lambda l: _suffix(l.name))
   for conv, bn in zip(convs, bns):
     if not any(node.outbound_layer is bn for node in conv.outbound_nodes):
       raise ValueError(f'Keras layer {conv.name!r} does not feed {bn.name!r}: not the '

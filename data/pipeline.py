@@ -143,8 +143,8 @@ def train_batches(info, config_data: ml_collections.ConfigDict, *, batch_size: i
       img = tf.cast(tf.gather(images_t, i), tf.float32)
     else:
       img = decode_resize(tf.gather(paths_t, i), s, config_data.resize_method)
-    # Per example (not per batch): tf.data then spreads the transforms over the cores, which
-    # measured ~2x faster on 2 cores than one batched ImageProjectiveTransformV3.
+    # Per example (not per batch): tf.data then spreads the transforms over the cores, where
+    # one batched ImageProjectiveTransformV3 would keep them on one.
     img = augment.random_augment(img, tf.stack([salt, step * batch_size + pos]), aug_cfg)
     img.set_shape([s, s, 3])
     return {'image': preprocess(img), 'label': tf.gather(labels_t, i)}

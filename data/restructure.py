@@ -339,6 +339,7 @@ def _source_from_arg(value: str, classes: tuple[str, ...]) -> sources.Source:
 
 
 def main(argv: list[str] | None = None) -> int:
+  # argparse, not absl: see train.py's docstring.
   p = argparse.ArgumentParser(prog='python -m data.restructure', description=__doc__.split(
       '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--source', required=True, help="Animals-10 folder (holding raw-img/ or "

@@ -16,6 +16,7 @@ from data import tfds_animals10
 
 
 def main(argv: list[str] | None = None) -> int:
+  # argparse, not absl: see train.py's docstring.
   p = argparse.ArgumentParser(prog='python -m data.tfds_build', description=__doc__)
   p.add_argument('--manual_dir', required=True, help='folder holding raw-img/ (or raw-img)')
   p.add_argument('--data_dir', default='', help='TFDS data dir (default <cache>/tfds)')

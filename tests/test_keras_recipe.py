@@ -68,11 +68,6 @@ def keras_base():
                                            input_shape=(75, 75, 3))
 
 
-def test_suffix_orders_keras_names_numerically():
-  names = ['conv2d_10', 'conv2d', 'conv2d_2', 'conv2d_1']
-  assert sorted(names, key=keras_models._suffix) == ['conv2d', 'conv2d_1', 'conv2d_2', 'conv2d_10']
-
-
 @pytest.mark.slow
 def test_loaded_keras_model_matches_flax_at_mixed7(keras_base):
   """Keras with the loaded variables computes the Flax model's mixed7 (float32 rounding)."""

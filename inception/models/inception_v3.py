@@ -25,7 +25,8 @@ that do *not* count the padding (TensorFlow's semantics; Flax's default counts i
 
 The 1x1 units of a block that read the block input run as one conv (kernels side by side, the
 pool branch's conv moved before its average pool, which it commutes with): same parameters,
-same values up to float rounding, 2-5% faster forward on CPU (`fuse_1x1`, `_Block.units_1x1`).
+same values up to float rounding, a faster forward on CPU (`fuse_1x1`, `_Block.units_1x1`;
+measurements in docs/performance.md).
 
 Parameter tree (`params`), batch statistics (`batch_stats`: `mean`, `var`) mirror it:
 
@@ -180,7 +181,7 @@ class _Block(nn.Module):
       The units' outputs, in the order `units` + `pooled`: the same parameters and values as
       calling each unit on its input. With `fuse_1x1` the kernels are concatenated along the
       output channels, so one matmul with N = the sum of the units' features replaces several
-      narrow ones (+2-5% on the CPU forward, bench/xla_options.py); a pooled unit's conv runs
+      narrow ones (faster on CPU: docs/performance.md); a pooled unit's conv runs
       before the pool (a 1x1 conv and an average pool are both linear, so they commute up to
       float rounding), so its pool averages the unit's few output channels instead of C.
     """

@@ -140,6 +140,7 @@ def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  # argparse, not absl: see train.py's docstring.
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--config', default='configs/ablations.py')
   p.add_argument('--workdir', default='workdirs/ablations')

@@ -83,6 +83,7 @@ def run(workdir: str | Path, *, split: str = 'test', checkpoint: str = 'latest',
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  # argparse, not absl: see train.py's docstring.
   p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   p.add_argument('--workdir', required=True, help='a trained run\'s workdir')
   p.add_argument('--split', default='test', choices=['validation', 'test', 'train'])

@@ -8,7 +8,7 @@ pass). Frozen params and frozen BatchNorm statistics are passed through untouche
 Randomness: dropout uses `fold_in(base_key, step)`, so a resumed run replays exactly.
 
 On CPU the steps compile with YNNPACK fusions off (`inception/train/xla_options.py`): XLA's Eigen
-convolutions run this network ~1.3x faster on a 2-core x86 host (bench/README.md).
+convolutions run this network faster (measurements: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
     if guard_nonfinite:
       # A conditional rather than a select of new vs old values: the update then writes the
       # donated buffers in place (a select keeps the old optimizer state alive, which costs
-      # XLA a copy of it: ~20% of the Flatten head's step; docs/performance.md). Not
+      # XLA a copy of it; measured in docs/performance.md). Not
       # optax.apply_if_finite (also a lax.cond): it guards the optimizer alone, and the
       # BatchNorm statistics of `train_blocks` must be skipped with the same batch.
       new_trainable, opt_state, batch_stats = jax.lax.cond(

@@ -2,8 +2,7 @@
 
 jaxlib 0.10.2 runs every CPU convolution and dot as a YNNPACK fusion by default. For this
 network's convolutions (small spatial grids, 1x7/7x1 kernels) XLA's Eigen convolutions are
-faster on a 2-core x86 host: the mixed7 backbone forward ran ~1.3-1.9x faster with YNNPACK off
-(bench/README.md). The option is per compilation, so nothing global changes:
+faster on the x86 hosts measured (docs/performance.md, bench/README.md). The option is per compilation, so nothing global changes:
 
     step = jax.jit(step_fn, compiler_options=xla_options.compiler_options())
 

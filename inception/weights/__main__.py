@@ -12,6 +12,7 @@ from inception import weights
 
 
 def main(argv: list[str] | None = None) -> int:
+  # argparse, not absl: see train.py's docstring.
   parser = argparse.ArgumentParser(prog='python -m inception.weights',
                                    description=weights.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
