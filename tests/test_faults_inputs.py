@@ -240,21 +240,20 @@ def test_unlistable_class_folder_is_an_error_not_too_few_images(tmp_path, monkey
     _restructure(tmp_path / 'tree', tmp_path / 'out')
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads chmod 000 folders and files')
-def test_chmod_000_folder_and_file(tmp_path, monkeypatch):
+def test_unreadable_file_is_skipped_with_the_reason(tmp_path, monkeypatch):
+  """Runs as root too (CI): reading one file fails as a chmod 000 file does for a user. (An
+  unreadable folder: the injected os.walk error of
+  test_unlistable_class_folder_is_an_error_not_too_few_images.)"""
   monkeypatch.setenv('INCEPTION_FLAX_CACHE', str(tmp_path / 'cache'))
   testing.write_good(tmp_path / 'tree' / 'cat', 3, np.random.default_rng(0))
   files = testing.write_good(tmp_path / 'tree' / 'dog', 3, np.random.default_rng(1))
-  files[0].chmod(0)
-  try:
-    m = _restructure(tmp_path / 'tree', tmp_path / 'out')
-    assert [s['source'] for s in m['skipped']] == [f'dog/{files[0].name}']
-    assert m['skipped'][0]['reason'].startswith('unreadable: ')
-  finally:
-    files[0].chmod(0o644)
-  (tmp_path / 'tree' / 'dog').chmod(0)
-  try:
-    with pytest.raises(PermissionError, match=r'cannot list .*tree/dog: Permission denied'):
-      _restructure(tmp_path / 'tree', tmp_path / 'out2')
-  finally:
-    (tmp_path / 'tree' / 'dog').chmod(0o755)
+  real_read = Path.read_bytes
+
+  def read_bytes(self):
+    if self == files[0]:
+      raise PermissionError(13, 'Permission denied', str(self))
+    return real_read(self)
+  monkeypatch.setattr(Path, 'read_bytes', read_bytes)
+  m = _restructure(tmp_path / 'tree', tmp_path / 'out')
+  assert [s['source'] for s in m['skipped']] == [f'dog/{files[0].name}']
+  assert m['skipped'][0]['reason'].startswith('unreadable: [Errno 13] Permission denied')
