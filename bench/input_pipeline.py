@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import data  # pylint: disable=g-import-not-at-top
 from data import config as config_lib
-from data import sources
+from data.sources import animals10
 
 
 def _config(tmp: str) -> tuple:
@@ -32,9 +32,9 @@ def _config(tmp: str) -> tuple:
   repo = pathlib.Path(__file__).resolve().parents[1]
   standin = repo.parent / 'shared' / 'data' / 'animals10-standin'
   for cand in (os.environ.get('ANIMALS10_DIR', ''), str(standin)):
-    if cand and sources.find_raw_img(cand):
+    if cand and animals10.find_raw_img(cand):
       c.source, c.path = 'animals10', cand
-      return c, f'real photos: {sources.find_raw_img(cand)}'
+      return c, f'real photos: {animals10.find_raw_img(cand)}'
   c.source = 'synthetic'
   c.synthetic.images_per_class = 500
   return c, 'SYNTHETIC data (no real photos found; set $ANIMALS10_DIR)'

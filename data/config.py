@@ -28,8 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                $ANIMALS10_DIR, the kagglehub cache, or a kagglehub download.
   #   'folder':    any class-folder tree `<path>/<class>/*`.
   #   'synthetic': the project's generated stripes data set (see `synthetic`).
-  #   'tfds':      the `animals10` TFDS builder (data/tfds_animals10.py); `path` is its manual
-  #                download dir (found like 'animals10' when empty).
+  #   'tfds':      the `animals10` TFDS builder (data/sources/tfds_animals10.py); `path` is its
+  #                manual download dir (found like 'animals10' when empty).
   c.source = 'animals10'
   # Path of the source: for animals10/tfds the folder holding `raw-img/` or `raw-img` itself,
   # for folder the class-folder root. Empty: search (animals10/tfds only). An explicit path

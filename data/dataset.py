@@ -12,7 +12,9 @@ from data import cache
 from data import config as config_lib
 from data import restructure
 from data import sources
-from data import synthetic
+from data.sources import animals10
+from data.sources import folder
+from data.sources import synthetic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +50,21 @@ def resolve_source(config_data: ml_collections.ConfigDict, *,
   """The `Source` that `config_data` asks for (generating synthetic data when needed)."""
   c = config_data
   if c.source == 'folder':
-    return sources.folder_source(c.path, tuple(c.classes))
+    return folder.folder_source(c.path, tuple(c.classes))
   if c.source == 'synthetic':
     return synthetic.source(c.synthetic)
-  raw_img, where = sources.find_animals10(c.path, log=log)
+  raw_img, where = animals10.find_animals10(c.path, log=log)
   if raw_img is None:
     if c.source == 'animals10' and c.fallback_to_synthetic:
       src = synthetic.source(c.synthetic)
       return dataclasses.replace(
           src, description=f'{src.description} -- Animals-10 not found, fell back to synthetic '
                            'data (data.fallback_to_synthetic)')
-    raise FileNotFoundError(sources.HOW_TO_GET_ANIMALS10)
+    raise FileNotFoundError(animals10.HOW_TO_GET_ANIMALS10)
   if c.source == 'tfds':
-    from data import tfds_animals10  # pylint: disable=g-import-not-at-top  # tensorflow_datasets
+    from data.sources import tfds_animals10  # pylint: disable=g-import-not-at-top  # tensorflow_datasets
     return tfds_animals10.export_source(raw_img, tuple(c.classes), where, log=log)
-  return sources.animals10_source(raw_img, tuple(c.classes), where)
+  return animals10.animals10_source(raw_img, tuple(c.classes), where)
 
 
 def subset_args(config_data: ml_collections.ConfigDict, source: sources.Source) -> dict:

@@ -37,6 +37,8 @@ import numpy as np
 
 from data import imagecheck
 from data import sources
+from data.sources import animals10
+from data.sources import folder
 
 MANIFEST = 'manifest.json'
 MARKER = '.restructure-in-progress.json'
@@ -330,12 +332,13 @@ def verified_split(root: str | os.PathLike, manifest: dict, split: str, *,
 
 def _source_from_arg(value: str, classes: tuple[str, ...]) -> sources.Source:
   if value == 'synthetic':
-    from data import config, synthetic
+    from data import config  # pylint: disable=g-import-not-at-top
+    from data.sources import synthetic  # pylint: disable=g-import-not-at-top
     return synthetic.source(config.get_config().synthetic)
-  raw_img = sources.find_raw_img(value)
+  raw_img = animals10.find_raw_img(value)
   if raw_img is not None:
-    return sources.animals10_source(raw_img, classes or ('dog', 'horse'), 'command line')
-  return sources.folder_source(value, classes)
+    return animals10.animals10_source(raw_img, classes or ('dog', 'horse'), 'command line')
+  return folder.folder_source(value, classes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,9 @@
 
     python -m data.tfds_build --manual_dir /path/to/animals10 [--data_dir DIR]
 
-The same as `tfds build animals10 --imports data.tfds_animals10 --manual_dir ...`, which
+The same as `tfds build animals10 --imports data.sources.tfds_animals10 --manual_dir ...`, which
 needs apache-beam installed (the tfds CLI imports it). A separate module so that the builder
-class is defined in `data.tfds_animals10`, never in `__main__`.
+class is defined in `data.sources.tfds_animals10`, never in `__main__`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data import tfds_animals10
+from data.sources import tfds_animals10
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,12 @@ import pytest
 
 import data
 from data import config as config_lib
-from data import sources
+from data.sources import animals10
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CANDIDATES = (os.environ.get('ANIMALS10_DIR', ''),
                str(_REPO.parent / 'shared' / 'data' / 'animals10-standin'))
-_FOUND = next((c for c in _CANDIDATES if c and sources.find_raw_img(c)), None)
+_FOUND = next((c for c in _CANDIDATES if c and animals10.find_raw_img(c)), None)
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.skipif(
     _FOUND is None, reason='no Animals-10 photos: set $ANIMALS10_DIR or provide '

@@ -14,7 +14,8 @@ from PIL import Image
 from data import imagecheck
 from data import pipeline
 from data import restructure
-from data import sources
+from data.sources import animals10
+from data.sources import folder
 from data import testing
 
 GOOD_DOG, GOOD_HORSE = 14, 20  # Uneven classes.
@@ -40,7 +41,7 @@ def _cache(tmp_path, monkeypatch):
 
 def _source(tree, classes=('dog', 'cavallo')):
   root, _ = tree
-  return sources.animals10_source(sources.find_raw_img(root), classes, 'test')
+  return animals10.animals10_source(animals10.find_raw_img(root), classes, 'test')
 
 
 def _run(tree, out, **kw):
@@ -79,15 +80,15 @@ def test_bad_files_skipped_exotic_normalised_and_everything_decodes(tree, tmp_pa
   # Every stored file decodes with TF to PIL's RGB decoding of the source (Keras' load_img).
   for e in entries.values():
     got = pipeline.decode(tf.io.read_file(str(tmp_path / 'out' / e['path']))).numpy()
-    with Image.open(sources.find_raw_img(root) / e['source']) as img:
+    with Image.open(animals10.find_raw_img(root) / e['source']) as img:
       want = imagecheck.to_rgb_array(img)
     assert got.shape == want.shape == (e['height'], e['width'], 3)
     np.testing.assert_array_equal(got, want, err_msg=e['source'])
-    assert e['sha256'] == imagecheck.check(sources.find_raw_img(root) / e['source']).sha256
+    assert e['sha256'] == imagecheck.check(animals10.find_raw_img(root) / e['source']).sha256
   # 16-bit grey is scaled to 8 bits (v * 257 -> v), not clipped as PIL's convert would.
   g16 = entries['cane/gray16.png']
   got = np.asarray(Image.open(tmp_path / 'out' / g16['path']))
-  with Image.open(sources.find_raw_img(root) / 'cane/gray16.png') as img:
+  with Image.open(animals10.find_raw_img(root) / 'cane/gray16.png') as img:
     np.testing.assert_array_equal(got[..., 0], np.asarray(img).astype(np.int64) // 257)
 
 
@@ -173,9 +174,9 @@ def test_class_names_both_languages_and_errors(tree):
     _source(tree, ('dog', 'cow'))
   # A folder source accepts Animals-10 names when only the translation is a folder.
   root, _ = tree
-  fs = sources.folder_source(root / 'raw-img', ('dog', 'horse'))
+  fs = folder.folder_source(root / 'raw-img', ('dog', 'horse'))
   assert fs.classes == (('dog', 'cane'), ('horse', 'cavallo'))
-  assert [c for c, _ in sources.folder_source(root / 'raw-img', ()).classes] == [
+  assert [c for c, _ in folder.folder_source(root / 'raw-img', ()).classes] == [
       'cane', 'cavallo', 'gatto']
 
 
@@ -192,9 +193,18 @@ def test_cli(tree, tmp_path, capsys):
   assert rc == 2 and 'other arguments' in capsys.readouterr().err
 
 
+def test_cli_synthetic_source(tmp_path):
+  rc = restructure.main(['--source', 'synthetic', '--out', str(tmp_path / 'out'),
+                         '--images-per-class', '10', '--test-per-class', '0'])
+  assert rc == 0
+  m = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
+  assert m['source']['is_synthetic'] and m['num_examples'] == {'train': 18, 'validation': 2,
+                                                               'test': 0}
+
+
 def test_validation_cache_hits(tree, tmp_path):
   root, _ = tree
-  files = sorted((sources.find_raw_img(root) / 'cane').glob('*'))
+  files = sorted((animals10.find_raw_img(root) / 'cane').glob('*'))
   cache = tmp_path / 'checks.json'
   first = imagecheck.check_many(files, cache_path=cache)
   assert cache.exists()
@@ -209,7 +219,7 @@ def test_manifest_bytes_are_the_same_on_every_cold_run(tree, tmp_path):
   outs = []
   for run in ('a', 'b'):
     out = tmp_path / run / 'subset'  # Same relative layout; cold validation cache each time.
-    restructure.restructure(sources.animals10_source(sources.find_raw_img(tree[0]),
+    restructure.restructure(animals10.animals10_source(animals10.find_raw_img(tree[0]),
                                                      ('dog', 'horse'), 'test'),
                             out, images_per_class=10, test_per_class=-1, log=lambda _: None,
                             check_cache=tmp_path / run / 'imagecheck.json')

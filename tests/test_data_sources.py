@@ -9,8 +9,8 @@ import pytest
 
 import data
 from data import config as config_lib
-from data import sources
-from data import synthetic
+from data.sources import animals10
+from data.sources import synthetic
 from data import testing
 
 
@@ -53,18 +53,18 @@ def test_animals10_search_order(tmp_path, monkeypatch):
   a, b = tmp_path / 'a', tmp_path / 'b' / 'raw-img'
   for root in (a / 'raw-img', b):
     testing.write_good(root / 'cane', 1, rng)
-  kh = tmp_path / 'no-kagglehub' / 'datasets' / sources.KAGGLE_HANDLE / 'versions' / '3'
+  kh = tmp_path / 'no-kagglehub' / 'datasets' / animals10.KAGGLE_HANDLE / 'versions' / '3'
   testing.write_good(kh / 'raw-img' / 'cavallo', 1, rng)
   log = []
-  assert sources.find_animals10('', download=False) == (kh / 'raw-img', 'kagglehub cache')
+  assert animals10.find_animals10('', download=False) == (kh / 'raw-img', 'kagglehub cache')
   monkeypatch.setenv('ANIMALS10_DIR', str(b))  # raw-img itself is accepted too.
-  assert sources.find_animals10('', log=log.append) == (b, '$ANIMALS10_DIR')
-  assert sources.find_animals10(str(a)) == (a / 'raw-img', 'data.path')
+  assert animals10.find_animals10('', log=log.append) == (b, '$ANIMALS10_DIR')
+  assert animals10.find_animals10(str(a)) == (a / 'raw-img', 'data.path')
   with pytest.raises(FileNotFoundError, match=r"data.path=.* holds no Animals-10.*kaggle"):
-    sources.find_animals10(str(tmp_path))
+    animals10.find_animals10(str(tmp_path))
   monkeypatch.setenv('ANIMALS10_DIR', str(tmp_path / 'missing'))
   with pytest.raises(FileNotFoundError, match=r'\$ANIMALS10_DIR=.* holds no Animals-10'):
-    sources.find_animals10('')
+    animals10.find_animals10('')
 
 
 def test_fallback_to_synthetic_is_loud_and_recorded():

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 import data
 from data import config as config_lib
 from data import testing
-from data import tfds_animals10
+from data.sources import tfds_animals10
 
 
 @pytest.fixture(scope='module')

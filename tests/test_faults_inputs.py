@@ -20,7 +20,7 @@ import data
 from data import config as config_lib
 from data import imagecheck
 from data import restructure
-from data import sources
+from data.sources import folder
 from data import testing
 
 SEED = 20240611  # The fuzz is reproducible: same files on every run.
@@ -142,7 +142,7 @@ def test_fuzz_restructure_reports_every_bad_file_and_keeps_every_good_one(fuzz_t
   undecodable = {k for k, blob in mutated.items() if not _pil_decodes(blob)}
   assert len(undecodable) > 40 and len(mutated) - len(undecodable) > 10  # Both kinds occur.
   with _deadline(60):
-    m = restructure.restructure(sources.folder_source(root, ()), tmp_path / 'out',
+    m = restructure.restructure(folder.folder_source(root, ()), tmp_path / 'out',
                                 images_per_class=4, validation_fraction=0.25,
                                 log=lambda s: None)
   kept = {e['source']: e for s in restructure.SPLITS for e in m['splits'][s]}
@@ -198,7 +198,7 @@ def test_fuzz_prediction_folder_skips_bad_files(fuzz_tree, tmp_path, monkeypatch
 def _restructure(root, out, **kw):
   args = dict(images_per_class=2, validation_fraction=0.5, log=lambda s: None)
   args.update(kw)
-  return restructure.restructure(sources.folder_source(root, ()), out, **args)
+  return restructure.restructure(folder.folder_source(root, ()), out, **args)
 
 
 def test_empty_class_names_the_folder(tmp_path, monkeypatch):

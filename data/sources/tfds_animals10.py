@@ -2,9 +2,9 @@
 
     python -m data.tfds_build --manual_dir /path/to/animals10 [--data_dir DIR]
     # or, with apache-beam installed (the tfds CLI imports it):
-    tfds build animals10 --imports data.tfds_animals10 --manual_dir /path/to/animals10
+    tfds build animals10 --imports data.sources.tfds_animals10 --manual_dir /path/to/animals10
     # or
-    import data.tfds_animals10
+    import data.sources.tfds_animals10
     ds = tfds.load('animals10', split='train', data_dir=...,
                    download_and_prepare_kwargs={'download_config':
                        tfds.download.DownloadConfig(manual_dir='/path/to/animals10')})
@@ -33,6 +33,7 @@ from PIL import Image
 from data import cache
 from data import imagecheck
 from data import sources
+from data.sources import animals10
 
 _DESCRIPTION = """Animals-10 (Kaggle, alessiocorrado99/animals10): ~26k medium-quality
 animal photos from Google Images in 10 classes (dog, cat, horse, spider, butterfly, chicken,
@@ -49,7 +50,7 @@ class Animals10(tfds.core.GeneratorBasedBuilder):
   (or `kagglehub.dataset_download('alessiocorrado99/animals10')`) and extract it, so that
   `<manual_dir>/raw-img/<italian class>/*` exists (manual_dir may also be raw-img itself).
   Then pass manual_dir: `python -m data.tfds_build --manual_dir <dir>`, `tfds build
-  animals10 --imports data.tfds_animals10 --manual_dir <dir>` or
+  animals10 --imports data.sources.tfds_animals10 --manual_dir <dir>` or
   DownloadConfig(manual_dir=<dir>).
   """
 
@@ -58,7 +59,7 @@ class Animals10(tfds.core.GeneratorBasedBuilder):
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.ClassLabel(names=list(sources.ANIMALS10_ENGLISH)),
+            'label': tfds.features.ClassLabel(names=list(animals10.ANIMALS10_ENGLISH)),
             'file_name': tfds.features.Text(),
         }),
         supervised_keys=('image', 'label'),
@@ -66,14 +67,14 @@ class Animals10(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    raw_img = sources.find_raw_img(dl_manager.manual_dir)
+    raw_img = animals10.find_raw_img(dl_manager.manual_dir)
     if raw_img is None:
       raise AssertionError(f'No raw-img/<italian class>/ under {dl_manager.manual_dir}.\n'
                            f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     return {'train': self._generate_examples(raw_img)}
 
   def _generate_examples(self, raw_img: pathlib.Path):
-    for italian, english in sorted(sources.ITALIAN_TO_ENGLISH.items()):
+    for italian, english in sorted(animals10.ITALIAN_TO_ENGLISH.items()):
       folder = raw_img / italian
       if not folder.is_dir():
         continue  # A partial download still builds, with the classes it has.
@@ -107,7 +108,7 @@ def export_source(raw_img: pathlib.Path, classes, where: str, *,
   """Builds the TFDS data set from `raw_img` and writes `classes`' encoded images out as a
   class-folder tree (once per data set version and classes); returns it as a Source."""
   builder = build(raw_img, data_dir)
-  english = [sources.to_english(c) for c in classes]
+  english = [animals10.to_english(c) for c in classes]
   names = builder.info.features['label'].names
   key = {'version': str(builder.version), 'data_dir': str(builder.data_dir), 'classes': english}
   root = cache.cache_dir() / 'tfds-export' / cache.args_hash(key)

@@ -1,16 +1,13 @@
-"""Where the images come from: Animals-10, any class-folder tree, synthetic data, TFDS.
-
-A `Source` is a class-folder tree on disk (`root/<folder>/*`), the (class name, folder) pairs
-in label order and a description; `data.dataset.resolve_source(config_data)` picks one.
-"""
+"""Kaggle Animals-10: its class names (Italian folders, English names), where to find it
+($ANIMALS10_DIR, data.path, the kagglehub cache or a kagglehub download) and its `Source`."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from typing import Callable
 
+from data.sources import Source
 
 # Animals-10 folder names (Italian, as Kaggle ships them) -> English, as the data set's
 # translate.py maps them.
@@ -28,20 +25,6 @@ HOW_TO_GET_ANIMALS10 = (
     'data.path=/path/to/animals10 (the folder holding raw-img/) or export '
     'ANIMALS10_DIR=/path/to/animals10; or `pip install "inception-flax[kaggle]"` with Kaggle '
     'credentials so that kagglehub downloads it.')
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """A class-folder tree to restructure.
-
-  kind: 'animals10' | 'folder' | 'synthetic' | 'tfds'; root: folder holding the class
-  folders; classes: (class name, folder name) in label order; description: one line.
-  """
-  kind: str
-  root: pathlib.Path
-  classes: tuple[tuple[str, str], ...]
-  description: str
-  is_synthetic: bool = False
 
 
 def to_english(name: str) -> str:
@@ -127,40 +110,3 @@ def animals10_source(raw_img: pathlib.Path, classes, where: str, kind='animals10
     pairs.append((english, folder))
   return Source(kind, raw_img.resolve(), tuple(pairs),
                 f'Animals-10 ({", ".join(c for c, _ in pairs)}) from {raw_img} ({where})')
-
-
-def folder_source(root: str | os.PathLike, classes) -> Source:
-  """Any `<root>/<class>/*` tree; `classes` empty = every sub-folder, sorted."""
-  root = pathlib.Path(root).expanduser()
-  if not root.is_dir():
-    raise FileNotFoundError(f'data.path={str(root)!r} is not a folder; it must hold one '
-                            'sub-folder of images per class')
-  have = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
-  pairs = []
-  for name in (classes or have):
-    if name in have:
-      pairs.append((name, name))
-      continue
-    try:  # Animals-10 names in either language, when only the translation is a folder.
-      english = to_english(name)
-    except ValueError:
-      english = None
-    alt = [f for f in (english, english and ENGLISH_TO_ITALIAN[english]) if f and f in have]
-    if not alt:
-      raise FileNotFoundError(f'{root} has no class folder {name!r} (data.classes); it has: '
-                              f'{", ".join(have) or "no sub-folders"}')
-    pairs.append((english, alt[0]))
-  if len(pairs) < 2:
-    raise ValueError(f'{root} (data.path) needs at least two class folders, found {have}')
-  return Source('folder', root.resolve(), tuple(pairs),
-                f'class folders {", ".join(f for _, f in pairs)} under {root}')
-
-
-def synthetic_banner(description: str) -> str:
-  line = '!' * 78
-  return '\n'.join([
-      line,
-      '!!! SYNTHETIC DATA: this run does NOT use Animals-10 or any real photos.',
-      f'!!! {description}',
-      '!!! Set data.path or $ANIMALS10_DIR to train on the real data set.',
-      line])
