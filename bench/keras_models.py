@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 BENCH_DIR = str(pathlib.Path(__file__).resolve().parent)
-if BENCH_DIR not in sys.path:  # Also when loaded by file path (tests): find `common`.
+if BENCH_DIR not in sys.path:  # Also when imported as bench.keras_models (tests): find `common`.
   sys.path.insert(0, BENCH_DIR)
 # `common` also puts the repo root on sys.path (for `inception`).
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 BENCH_DIR = str(pathlib.Path(__file__).resolve().parent)
-if BENCH_DIR not in sys.path:  # Also when loaded by file path (tests): find the siblings.
+if BENCH_DIR not in sys.path:  # Also when imported as bench.keras_recipe (tests): the siblings.
   sys.path.insert(0, BENCH_DIR)
 # `common` also puts the repo root on sys.path (for `inception` and `data`).
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position

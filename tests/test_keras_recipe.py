@@ -3,33 +3,18 @@ bench/keras_recipe.py (a tiny end-to-end run, summary and table)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 tf_keras = pytest.importorskip('tf_keras')
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))
+from bench import keras_recipe as recipe  # pylint: disable=g-import-not-at-top
 
-
-def _load_recipe():
-  """bench/keras_recipe.py loaded by file path, as bench/ is not a package nor on sys.path."""
-  spec = importlib.util.spec_from_file_location('keras_recipe',
-                                                REPO_ROOT / 'bench' / 'keras_recipe.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-recipe = _load_recipe()
 keras_models = recipe.keras_models  # bench/keras_models.py, the module the recipe runs on.
 
 
