@@ -155,6 +155,9 @@ def main(argv) -> int:
   except trainer.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3
+  except trainer.Preempted as e:
+    print(f'PREEMPTED: {e}', file=sys.stderr)
+    return trainer.EXIT_PREEMPTED
   except run_record.ConfigMismatchError as e:
     print(f'Invalid config: {e}', file=sys.stderr)
     return 2

@@ -12,6 +12,11 @@ The arguments are train.py's. INCEPTION_FLAX_FAULT=<point>:<n> kills this proces
   ckpt_write   an orbax save is about to write the model item (meta may be written already)
 Before dying it appends '<point>:<n>' to $INCEPTION_FLAX_FAULT_LOG when set, so the test knows
 the fault fired (and was not, say, a crash).
+
+Preemption instead of a kill: SIGTERM (what Slurm, GKE and TPU VMs send first) at
+  sigterm_at_step   entering the n-th jitted train step call
+  sigterm_in_save   an orbax save about to write its n-th item (ckpt_write's point)
+logged as '<point>:<n> <unix time>'. Several specs may be given, comma-separated.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-POINTS = ('train_step', 'eval_step', 'ckpt_commit', 'ckpt_write')
+POINTS = ('train_step', 'eval_step', 'ckpt_commit', 'ckpt_write', 'sigterm_at_step',
+          'sigterm_in_save')
 
 
 def _die(point: str, n: int) -> None:
@@ -33,27 +39,42 @@ def _die(point: str, n: int) -> None:
   os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _sigterm(point: str, n: int) -> None:
+  import time  # pylint: disable=g-import-not-at-top
+  log = os.environ.get('INCEPTION_FLAX_FAULT_LOG')
+  if log:
+    with open(log, 'a') as f:
+      f.write(f'{point}:{n} {time.time():.3f}\n')
+  os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _counting(point: str, n: int):
-  """A hook that kills on its n-th call."""
+  """A hook that kills (or sends SIGTERM, for the sigterm_* points) on its n-th call."""
   calls = [0]
+  act = _sigterm if point.startswith('sigterm') else _die
 
   def hook():
     calls[0] += 1
     if calls[0] == n:
-      _die(point, n)
+      act(point, n)
   return hook
 
 
-def install(spec: str) -> None:
-  """Patches the code so that `spec` = '<point>:<n>' kills the process (see module doc)."""
+def install(specs: str) -> None:
+  """Patches the code so that each '<point>:<n>' of `specs` fires (see module doc)."""
+  for spec in specs.split(','):
+    _install_one(spec)
+
+
+def _install_one(spec: str) -> None:
   point, _, n = spec.partition(':')
   if point not in POINTS or not n.isdigit() or int(n) < 1:
     raise SystemExit(f'INCEPTION_FLAX_FAULT={spec!r}: expected <point>:<n>, n >= 1, point one '
                      f'of {", ".join(POINTS)}')
   hook = _counting(point, int(n))
-  if point in ('train_step', 'eval_step'):
+  if point in ('train_step', 'eval_step', 'sigterm_at_step'):
     from inception.train import steps  # pylint: disable=g-import-not-at-top
-    name = f'make_{point}'
+    name = 'make_train_step' if point == 'sigterm_at_step' else f'make_{point}'
     make = getattr(steps, name)
 
     def patched_make(*args, **kwargs):
@@ -73,7 +94,7 @@ def install(spec: str) -> None:
       hook()
       return await finalize(self, *a, **k)
     cls.finalize = patched_finalize
-  else:  # ckpt_write
+  else:  # ckpt_write, sigterm_in_save
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     handler = ocp.StandardCheckpointHandler
     async_save = handler.async_save

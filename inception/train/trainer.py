@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +35,9 @@ from inception.train import steps as steps_lib
 from inception.models import transfer
 
 DROPOUT_STREAM = 1  # fold_in(key(seed), DROPOUT_STREAM) is the dropout base key.
+# train.py's exit status after a SIGTERM was honoured (128 + SIGTERM, as a shell reports a
+# process ended by it): the checkpoint of the step reached is written; rerun to resume.
+EXIT_PREEMPTED = 128 + signal.SIGTERM
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,6 +50,45 @@ class NonFiniteLossError(RuntimeError):
         f'(train.on_nonfinite="stop"). Last good checkpoint: '
         f'{"none" if last_good is None else f"step {last_good}"} in {workdir / "checkpoints"}. '
         f'Lower optimizer.lr, or set train.on_nonfinite="skip" to drop such batches.')
+
+
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM after writing the checkpoint of the step it had reached."""
+
+  def __init__(self, step: int, workdir: Path):
+    self.step = step
+    super().__init__(f'SIGTERM: stopped at step {step} after saving its checkpoint in '
+                     f'{workdir / "checkpoints"}; rerun the same command to resume from it.')
+
+
+class _PreemptionSignal:
+  """While active, the first SIGTERM only asks the loop to save and stop (`requested`); the
+  default action is restored at once, so a second SIGTERM ends the process right away (the
+  checkpoints committed before are untouched: orbax commits by renaming a finished folder).
+
+  Single-process runs only (all processes of a job must agree on the step to save, which
+  needs the multi-process step agreement); elsewhere, and off the main thread, a no-op.
+  """
+
+  def __init__(self, log: Callable[[str], None]):
+    self.requested = False
+    self._log, self._previous = log, None
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    signal.signal(signum, signal.SIG_DFL)
+    self.requested = True
+    self._log('SIGTERM received: saving a checkpoint at the current step, then exiting '
+              f'(exit status {EXIT_PREEMPTED}); a second SIGTERM ends the process now.')
+
+  def __enter__(self) -> '_PreemptionSignal':
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -186,6 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   Raises:
     NonFiniteLossError: non-finite loss with train.on_nonfinite='stop'.
+    Preempted: SIGTERM (single process): the checkpoint of the step reached is written.
     RuntimeError: the workdir is locked by another run.
   """
   workdir = Path(workdir)
@@ -206,13 +251,14 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
       f'{jax.process_count()}; params per optimizer label: {counts}')
   spe = data.steps_per_epoch(info, config.train.batch_size)
   with contextlib.ExitStack() as resources:
+    preemption = resources.enter_context(_PreemptionSignal(log))
     ckpt = resources.enter_context(_Checkpoints(workdir, config.checkpoint, s.mesh))
     state, meta = ckpt.restore_or_start(s.state, log)
     start_step = int(meta.get('step', 0))
     if is_main():
       run_record.write(workdir, config, info, s.provenance)
     loop = _Loop(config, workdir, info, s, state, ckpt, log, spe, start_step,
-                 best=meta.get('best'))
+                 best=meta.get('best'), preemption=preemption)
     # Records past the resumed step were written by the interrupted run: replaced, not repeated.
     loop.writer = resources.enter_context(
         reporting.MetricsWriter(workdir, resume_step=start_step)) if is_main() else None
@@ -282,12 +328,13 @@ class _Loop:
   epoch's evaluation, best checkpoint and checkpoint."""
 
   def __init__(self, config, workdir: Path, info, setup: Setup, state, ckpt: _Checkpoints, log,
-               steps_per_epoch: int, start_step: int, best: dict | None):
+               steps_per_epoch: int, start_step: int, best: dict | None,
+               preemption: _PreemptionSignal):
     self.config, self.workdir, self.info, self.log = config, workdir, info, log
     self.state, self.ckpt, self.spe, self.step, self.best = state, ckpt, steps_per_epoch, \
         start_step, best
     self.total_steps = config.train.epochs * steps_per_epoch
-    self.mesh, self.writer = setup.mesh, None
+    self.mesh, self.writer, self.preemption = setup.mesh, None, preemption
     repl, dsh = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
     # With the feature cache the steps run the head alone on cached cut-layer features (the
     # batches' 'image'); state, optimizer, dropout keys and batch order are the same.
@@ -320,7 +367,16 @@ class _Loop:
     for epoch in range(self.step // self.spe + 1, tc.epochs + 1):
       records = self._train_epoch(epoch, it, carried, progress_bars)
       carried = []
-      self._end_epoch(epoch, records)
+      meta = self._end_epoch(epoch, records)
+      if self.preemption.requested:  # Came during the epoch's last step or its evaluation.
+        self._stop_preempted(meta)
+
+  def _stop_preempted(self, meta: dict) -> None:
+    """Saves the step reached (unless just saved), waits for the write, raises Preempted."""
+    if self.ckpt.last_saved != self.step:
+      self.ckpt.save(self.state, meta)
+    self.ckpt.wait()
+    raise Preempted(self.step, self.workdir)
 
   def _train_epoch(self, epoch: int, it, records: list[dict], progress_bars: bool
                    ) -> list[dict]:
@@ -344,22 +400,22 @@ class _Loop:
         if self.step % tc.log_every_steps == 0 or boundary or save_now:
           self._sync(pending, pending_first, epoch, bar, time.perf_counter() - t_sync)
           pending, pending_first, t_sync = [], self.step, time.perf_counter()
-        if save_now and not boundary:
-          self.ckpt.save(self.state, {'epoch': epoch - 1, 'best': self.best,
-                                      'epoch_steps': _records_to_meta(records)})
+        preempted = self.preemption.requested and not boundary
+        # (A boundary step goes on to the epoch's evaluation and checkpoint first.)
+        if (save_now or preempted) and not boundary:
+          mid_epoch = {'epoch': epoch - 1, 'best': self.best,
+                       'epoch_steps': _records_to_meta(records)}
+          if preempted:
+            self._check_nonfinite(pending, pending_first)
+            self._stop_preempted(mid_epoch)
+          self.ckpt.save(self.state, mid_epoch)
     return records
 
   def _sync(self, pending: list[dict], first_step: int, epoch: int, bar, seconds: float
             ) -> None:
     """The host sync every log_every_steps: non-finite check, progress, metrics record."""
     tc = self.config.train
-    bad = _first_nonfinite(pending, first_step)
-    if bad is not None and tc.on_nonfinite == 'stop':
-      self.ckpt.wait()
-      raise NonFiniteLossError(bad, self.workdir, self.ckpt.last_saved)
-    if bad is not None:
-      self.log(f'WARNING: non-finite loss at step {bad}; skipped that batch '
-               f'(train.on_nonfinite="skip").')
+    self._check_nonfinite(pending, first_step)
     m = _mean(pending)
     bar.set_postfix(loss=f'{m["loss"]:.4f}', acc=f'{m["accuracy"]:.4f}',
                     img_s=f'{len(pending) * tc.batch_size / seconds:.1f}')
@@ -367,8 +423,17 @@ class _Loop:
     if self.writer:
       self.writer.write('train', self.step, epoch, m)
 
-  def _end_epoch(self, epoch: int, records: list[dict]) -> None:
-    """The epoch's mean metrics, validation, best checkpoint and checkpoint."""
+  def _check_nonfinite(self, pending: list[dict], first_step: int) -> None:
+    bad = _first_nonfinite(pending, first_step)
+    if bad is not None and self.config.train.on_nonfinite == 'stop':
+      self.ckpt.wait()
+      raise NonFiniteLossError(bad, self.workdir, self.ckpt.last_saved)
+    if bad is not None:
+      self.log(f'WARNING: non-finite loss at step {bad}; skipped that batch '
+               f'(train.on_nonfinite="skip").')
+
+  def _end_epoch(self, epoch: int, records: list[dict]) -> dict:
+    """The epoch's mean metrics, validation, best checkpoint and checkpoint; returns its meta."""
     tc, ck = self.config.train, self.config.checkpoint
     train_m = _mean(records)
     line = f'epoch {epoch}/{tc.epochs}: loss {train_m["loss"]:.4f} accuracy ' \
@@ -395,6 +460,7 @@ class _Loop:
       self.ckpt.save(self.state, meta, best=True)
     if ck.every_epoch or self.step == self.total_steps:
       self.ckpt.save(self.state, meta)
+    return meta
 
 
 def finish(config, workdir: Path, state, info, class_names, run_eval, log, *, wall_time: float,
