@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 
 def cache_dir() -> pathlib.Path:
@@ -15,6 +17,21 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ['INCEPTION_FLAX_CACHE']).expanduser()
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
   return pathlib.Path(base) / 'inception-flax'
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike) -> Iterator[None]:
+  """Holds an exclusive lock (`<parent>/.<name>.lock`, fcntl.flock, blocking) while `folder`
+  is written, so that processes preparing the same data (a sweep's runners, a job's
+  processes) wait for the first one and then find its result. Released when the process dies."""
+  folder = pathlib.Path(folder)
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  fd = os.open(folder.parent / f'.{folder.name}.lock', os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # Closing the descriptor releases the lock.
 
 
 def args_hash(args: Any, length: int = 16) -> str:

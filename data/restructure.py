@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from data import cache
 from data import imagecheck
 from data import sources
 from data.sources import animals10
@@ -140,7 +141,22 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
     ValueError: too few usable images, bad arguments.
     PermissionError: a class folder can't be listed.
     FileExistsError: `out` holds another subset (and not overwrite) or foreign files.
+
+  Processes restructuring the same `out` at once take turns (`data.cache.exclusive`): the
+  later ones find the first one's subset.
   """
+  with cache.exclusive(out):
+    return _restructure(source, out, images_per_class=images_per_class,
+                        validation_fraction=validation_fraction, test_per_class=test_per_class,
+                        seed=seed, link_mode=link_mode, overwrite=overwrite, log=log,
+                        workers=workers, check_cache=check_cache)
+
+
+def _restructure(source: sources.Source, out: str | os.PathLike, *, images_per_class: int,
+                 validation_fraction: float, test_per_class: int, seed: int, link_mode: str,
+                 overwrite: bool, log: Callable[[str], None], workers: int | None,
+                 check_cache: str | pathlib.Path | None) -> dict:
+  """`restructure` without its lock."""
   if link_mode not in ('symlink', 'copy'):
     raise ValueError(f"link_mode={link_mode!r} is not valid; valid: symlink, copy")
   n_train, n_val = split_sizes(images_per_class, validation_fraction)

@@ -2,11 +2,16 @@
 
 import csv
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from configs import ablations
 from configs import validate
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_variants_cover_the_brief_and_validate():
@@ -65,3 +70,46 @@ def test_runner_two_tiny_variants_and_noop_rerun(tmp_path, monkeypatch):
   assert again == rows
   assert sum('finished earlier' in l for l in logs) == 2
   assert os.path.getmtime(tmp_path / 'abl' / 'baseline_seed0' / 'summary.json') == mtime
+
+
+def test_static_shares_are_disjoint_and_cover_the_runs():
+  from inception.tools import ablations as runner  # pylint: disable=g-import-not-at-top
+  runs = [(v, s) for v in ('a', 'b', 'c') for s in (0, 1)]
+  shares = [runner.share(runs, i, 4) for i in range(4)]
+  assert sorted(r for s in shares for r in s) == sorted(runs)
+  assert shares[0] == [('a', 0), ('c', 0)] and shares[3] == [('b', 1)]
+  assert runner.share(runs, None, None) == runs
+  with pytest.raises(ValueError, match='go together'):
+    runner.share(runs, 1, None)
+  with pytest.raises(ValueError, match=r'--task_index=4 must be in \[0, --num_tasks=4\)'):
+    runner.share(runs, 4, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['claim', 'static'])
+def test_two_runners_at_once_run_every_run_exactly_once(tmp_path, mode):
+  """Two `python -m inception.tools.ablations` processes on one workdir root, as two machines
+  of a sweep on a shared filesystem."""
+  env = dict(os.environ, INCEPTION_FLAX_CACHE=str(tmp_path / 'cache'), PYTHONPATH=str(ROOT),
+             TF_CPP_MIN_LOG_LEVEL='2')
+  # An empty cache: both runners prepare the same synthetic set and subset at once too.
+  args = [sys.executable, '-m', 'inception.tools.ablations',
+          '--config=configs/ablations.py:base=smoke,cut=stem,epochs=1',
+          f'--workdir={tmp_path / "abl"}', '--variants=baseline,dropout_0.5', '--seeds=0,1',
+          '--noprogress']
+  procs = []
+  for i in range(2):
+    share = [f'--task_index={i}', '--num_tasks=2'] if mode == 'static' else []
+    procs.append(subprocess.Popen(args + share, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  trained = [l.split(':')[0] for out in outs for l in out.splitlines()
+             if l.startswith('[ablations]') and ': training in ' in l]
+  runs = ['[ablations] baseline seed 0', '[ablations] baseline seed 1',
+          '[ablations] dropout_0.5 seed 0', '[ablations] dropout_0.5 seed 1']
+  assert sorted(trained) == runs, outs  # Each run trained once, by one of the two.
+  with open(tmp_path / 'abl' / 'results.csv') as f:
+    table = [(t['variant'], t['seed']) for t in csv.DictReader(f)]
+  assert table == [('baseline', '0'), ('baseline', '1'), ('dropout_0.5', '0'),
+                   ('dropout_0.5', '1')]

@@ -93,28 +93,29 @@ def generate(config_synthetic: ml_collections.ConfigDict,
   if root is None:
     root = cache.cache_dir() / 'synthetic' / cache.args_hash(p)
   root = pathlib.Path(root)
-  done = root / 'synthetic.json'
-  if done.exists() and json.loads(done.read_text()) == p:
-    return root
-  if root.exists():
-    shutil.rmtree(root)  # Our own, half-written or stale: the marker is written last.
-  tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
-  shutil.rmtree(tmp, ignore_errors=True)
-  names = class_names(p['num_classes'])
-  for label, name in enumerate(names):
-    (tmp / name).mkdir(parents=True)
-    # One stream per class, so that adding classes does not change the others.
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([p['seed'], label])))
-    for i in range(p['count']):
-      img = make_image(rng, label, p['num_classes'], p['image_size'])
-      Image.fromarray(img).save(tmp / name / f'{i:05d}.jpg', quality=90)
-  (tmp / 'synthetic.json').write_text(json.dumps(p))
-  tmp.parent.mkdir(parents=True, exist_ok=True)
-  try:
-    os.replace(tmp, root)
-  except OSError:  # Another process finished first: keep theirs.
+  with cache.exclusive(root):
+    done = root / 'synthetic.json'
+    if done.exists() and json.loads(done.read_text()) == p:
+      return root
+    if root.exists():
+      shutil.rmtree(root)  # Our own, half-written or stale: the marker is written last.
+    tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
-  return root
+    names = class_names(p['num_classes'])
+    for label, name in enumerate(names):
+      (tmp / name).mkdir(parents=True)
+      # One stream per class, so that adding classes does not change the others.
+      rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([p['seed'], label])))
+      for i in range(p['count']):
+        img = make_image(rng, label, p['num_classes'], p['image_size'])
+        Image.fromarray(img).save(tmp / name / f'{i:05d}.jpg', quality=90)
+    (tmp / 'synthetic.json').write_text(json.dumps(p))
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      os.replace(tmp, root)
+    except OSError:  # Another process finished first: keep theirs.
+      shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def source(config_synthetic: ml_collections.ConfigDict) -> sources.Source:

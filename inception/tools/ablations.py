@@ -7,6 +7,16 @@
 the runner adds `variant=...,seed=...`. A run whose workdir has summary.json is not redone:
 its results are read back. Writes <workdir>/results.csv (one row per run) and results.md (the
 same, then per variant the mean +- std over its seeds).
+
+Several runners on one workdir root (one per machine, on a shared filesystem) split the
+(variant, seed) runs without running one twice:
+  --task_index=I --num_tasks=N   a static share: runs I, I+N, I+2N, ... of the list (what Slurm
+                                 job arrays, $SLURM_ARRAY_TASK_ID, and Kubernetes indexed jobs,
+                                 $JOB_COMPLETION_INDEX, hand each task)
+  neither                        each runner claims a run by taking its workdir lock; a run
+                                 another runner holds is left to it
+Each runner then writes the tables of every run finished so far: the last one to finish writes
+the complete table (and says how many runs are still missing otherwise).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -91,24 +102,44 @@ def _markdown(rows: Sequence[dict], columns: Sequence[str], fmt=_fmt) -> list[st
 
 
 def write_tables(rows: Sequence[dict], workdir: Path) -> None:
-  with open(workdir / 'results.csv', 'w', newline='') as f:
+  """results.csv and results.md of `rows` (each replaced atomically: runners may race)."""
+  tmp = workdir / f'.results.csv.{os.getpid()}.tmp'
+  with open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS)
     w.writeheader()
     w.writerows(rows)
+  os.replace(tmp, workdir / 'results.csv')
   lines = _markdown(rows, COLUMNS)
   lines += ['', 'Mean +- std over seeds:', '']
   lines += _markdown(summary_rows(rows), ('variant', 'seeds') + SUMMARY_COLUMNS,
                      fmt=lambda v, _: str(v))
   if any(r['synthetic'] for r in rows):
     lines.insert(0, '**SYNTHETIC DATA in some runs (synthetic=True): not Animals-10.**\n')
-  (workdir / 'results.md').write_text('\n'.join(lines) + '\n')
+  tmp = workdir / f'.results.md.{os.getpid()}.tmp'
+  tmp.write_text('\n'.join(lines) + '\n')
+  os.replace(tmp, workdir / 'results.md')
+
+
+def share(runs: Sequence[tuple[str, int]], task_index: int | None, num_tasks: int | None
+          ) -> list[tuple[str, int]]:
+  """This task's runs: every num_tasks-th from task_index, or all of them (claimed one by one)
+  when neither is given."""
+  if (task_index is None) != (num_tasks is None):
+    raise ValueError('--task_index and --num_tasks go together (or neither: claim runs)')
+  if num_tasks is None:
+    return list(runs)
+  if num_tasks < 1 or not 0 <= task_index < num_tasks:
+    raise ValueError(f'--task_index={task_index} must be in [0, --num_tasks={num_tasks})')
+  return list(runs)[task_index::num_tasks]
 
 
 def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None = None,
-        seeds: Sequence[int] = (0,), log: Callable[[str], None] = print,
+        seeds: Sequence[int] = (0,), task_index: int | None = None,
+        num_tasks: int | None = None, log: Callable[[str], None] = print,
         progress_bars: bool = True) -> list[dict]:
-  """Trains every (variant, seed) not yet finished; returns and writes the results rows."""
-  from inception.train import trainer  # pylint: disable=g-import-not-at-top
+  """Trains this runner's share of the (variant, seed) runs not yet finished (see the module
+  doc); writes and returns the rows of every run finished so far, in list order."""
+  from inception.train import checkpoints, trainer  # pylint: disable=g-import-not-at-top
   path, _, extra = config_path.partition(':')
   module = load_config_module(path)
   all_variants = module.get_variants()
@@ -116,26 +147,48 @@ def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None
   unknown = [v for v in variants if v not in all_variants]
   if unknown:
     raise ValueError(f'--variants {unknown} unknown; valid: {", ".join(all_variants)}')
+  runs = [(v, s) for v in variants for s in seeds]
+  mine = share(runs, task_index, num_tasks)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  summary_of = lambda v, s: workdir / f'{v}_seed{s}' / 'summary.json'
+  for variant, seed in mine:
+    run_dir = summary_of(variant, seed).parent
+    if summary_of(variant, seed).exists():
+      log(f'[ablations] {variant} seed {seed}: finished earlier, reading {run_dir}')
+      continue
+    try:
+      lock = checkpoints.WorkdirLock(run_dir).acquire()
+    except RuntimeError:
+      log(f'[ablations] {variant} seed {seed}: another runner holds {run_dir}; left to it')
+      continue
+    try:
+      if summary_of(variant, seed).exists():  # Finished by another runner meanwhile.
+        continue
+      arg = ','.join(x for x in (f'variant={variant}', f'seed={seed}', extra) if x)
+      log(f'[ablations] {variant} seed {seed}: training in {run_dir} ({path}:{arg})')
+      t = time.time()
+      trainer.train(module.get_config(arg), run_dir, log=log, progress_bars=progress_bars,
+                    lock=lock)
+      log(f'[ablations] {variant} seed {seed}: done in {time.time() - t:.0f} s')
+    finally:
+      lock.release()
+    write_tables(_finished_rows(runs, summary_of), workdir)  # Survives an interruption.
+  rows = _finished_rows(runs, summary_of)
+  write_tables(rows, workdir)
+  missing = len(runs) - len(rows)
+  log((workdir / 'results.md').read_text() + (
+      f'\n[ablations] {missing} of {len(runs)} runs not finished yet (other runners, or '
+      'interrupted): rerun any runner to complete them and the table.' if missing else ''))
+  return rows
+
+
+def _finished_rows(runs, summary_of) -> list[dict]:
   rows = []
-  for variant in variants:
-    for seed in seeds:
-      run_dir = workdir / f'{variant}_seed{seed}'
-      done = run_dir / 'summary.json'
-      if done.exists():
-        log(f'[ablations] {variant} seed {seed}: finished earlier, reading {done}')
-        summary = json.loads(done.read_text())
-      else:
-        arg = ','.join(x for x in (f'variant={variant}', f'seed={seed}', extra) if x)
-        log(f'[ablations] {variant} seed {seed}: training in {run_dir} ({path}:{arg})')
-        t = time.time()
-        summary = trainer.train(module.get_config(arg), run_dir, log=log,
-                                progress_bars=progress_bars)
-        log(f'[ablations] {variant} seed {seed}: done in {time.time() - t:.0f} s')
-      rows.append(_row(variant, seed, summary))
-      write_tables(rows, workdir)  # partial results survive an interruption
-  log((workdir / 'results.md').read_text())
+  for variant, seed in runs:
+    done = summary_of(variant, seed)
+    if done.exists():
+      rows.append(_row(variant, seed, json.loads(done.read_text())))
   return rows
 
 
@@ -146,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--workdir', default='workdirs/ablations')
   p.add_argument('--variants', default='', help='comma-separated names (default: all)')
   p.add_argument('--seeds', default='0', help='comma-separated ints')
+  p.add_argument('--task_index', type=int, default=None,
+                 help='this task\'s index for a static share of the runs (with --num_tasks)')
+  p.add_argument('--num_tasks', type=int, default=None, help='number of tasks sharing the runs')
   p.add_argument('--noprogress', action='store_true')
   a = p.parse_args(argv)
   try:
@@ -154,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.error(f'--seeds={a.seeds!r} must be comma-separated integers')
   variants = [v.strip() for v in a.variants.split(',') if v.strip()] or None
   try:
-    run(a.config, a.workdir, variants=variants, seeds=seeds, progress_bars=not a.noprogress)
+    run(a.config, a.workdir, variants=variants, seeds=seeds, task_index=a.task_index,
+        num_tasks=a.num_tasks, progress_bars=not a.noprogress)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1

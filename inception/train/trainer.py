@@ -225,21 +225,26 @@ def check_workdir(workdir: str | os.PathLike) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          log: Callable[[str], None] = print, progress_bars: bool = True) -> dict:
+          log: Callable[[str], None] = print, progress_bars: bool = True,
+          lock: checkpoints.WorkdirLock | None = None) -> dict:
   """Trains (or resumes) per `config` in `workdir`; returns the run summary (also summary.json).
 
   Raises:
     NonFiniteLossError: non-finite loss with train.on_nonfinite='stop'.
     Preempted: SIGTERM (single process): the checkpoint of the step reached is written.
     RuntimeError: the workdir is locked by another run.
+
+  lock: the caller's already acquired lock of `workdir` (e.g. a sweep runner that claimed the
+  run); released by the caller. By default the workdir is locked here.
   """
   workdir = Path(workdir)
   validate_config(config, workdir=workdir)
-  lock = checkpoints.WorkdirLock(workdir).acquire()
-  try:
+  if lock is not None:
+    if lock.path.parent.resolve() != workdir.resolve():
+      raise ValueError(f'lock {lock.path} is not the lock of --workdir {workdir}')
     return _train_locked(config, workdir, log, progress_bars)
-  finally:
-    lock.release()
+  with checkpoints.WorkdirLock(workdir):
+    return _train_locked(config, workdir, log, progress_bars)
 
 
 def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
