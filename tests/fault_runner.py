@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,32 +32,24 @@ POINTS = ('train_step', 'eval_step', 'ckpt_commit', 'ckpt_write', 'sigterm_at_st
           'sigterm_in_save')
 
 
-def _die(point: str, n: int) -> None:
+def _fire(point: str, n: int) -> None:
+  """Logs the fault, then SIGKILL (SIGTERM for the sigterm_* points, with the time logged)."""
+  term = point.startswith('sigterm')
   log = os.environ.get('INCEPTION_FLAX_FAULT_LOG')
   if log:
     with open(log, 'a') as f:
-      f.write(f'{point}:{n}\n')
-  os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _sigterm(point: str, n: int) -> None:
-  import time  # pylint: disable=g-import-not-at-top
-  log = os.environ.get('INCEPTION_FLAX_FAULT_LOG')
-  if log:
-    with open(log, 'a') as f:
-      f.write(f'{point}:{n} {time.time():.3f}\n')
-  os.kill(os.getpid(), signal.SIGTERM)
+      f.write(f'{point}:{n}' + (f' {time.time():.3f}' if term else '') + '\n')
+  os.kill(os.getpid(), signal.SIGTERM if term else signal.SIGKILL)
 
 
 def _counting(point: str, n: int):
-  """A hook that kills (or sends SIGTERM, for the sigterm_* points) on its n-th call."""
+  """A hook that fires on its n-th call."""
   calls = [0]
-  act = _sigterm if point.startswith('sigterm') else _die
 
   def hook():
     calls[0] += 1
     if calls[0] == n:
-      act(point, n)
+      _fire(point, n)
   return hook
 
 
