@@ -52,10 +52,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identical(runs):
   assert kill._steps(wd) == [3, 5]
   signalled = float(log.read_text().split()[1])
   assert exited - signalled < 15, exited - signalled  # Save and exit, not another epoch.
-  again, _ = _run('train.py', wd, cache)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert f'Resumed from {wd / "checkpoints"}/5 ' in again.stdout
-  _assert_same_end(tmp / 'reference', wd)
+  _rerun_ends_as_the_reference(tmp, cache, wd, resumed_from=5)
 
 
 @pytest.mark.slow
@@ -69,10 +66,7 @@ def test_a_second_sigterm_during_that_save_loses_nothing_committed(runs):
   assert [l.split()[0] for l in log.read_text().splitlines()] == [
       'sigterm_at_step:5', 'sigterm_in_save:5']
   assert kill._steps(wd) == [3]  # The half-written step 5 never shows up as a checkpoint.
-  again, _ = _run('train.py', wd, cache)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert f'Resumed from {wd / "checkpoints"}/3 ' in again.stdout
-  _assert_same_end(tmp / 'reference', wd)
+  _rerun_ends_as_the_reference(tmp, cache, wd, resumed_from=3)
 
 
 @pytest.mark.slow
@@ -83,8 +77,15 @@ def test_sigterm_at_an_epoch_end_finishes_that_epochs_checkpoint_first(runs):
   r, _ = _run('tests/fault_runner.py', wd, cache, 'sigterm_in_save:1', log)
   assert r.returncode == trainer.EXIT_PREEMPTED, r.stderr[-3000:]
   assert 'stopped at step 3' in r.stderr and kill._steps(wd) == [3]
+  _rerun_ends_as_the_reference(tmp, cache, wd, resumed_from=3)
+
+
+def _rerun_ends_as_the_reference(tmp: Path, cache: Path, wd: Path, resumed_from: int) -> None:
+  """The same train.py command again: it resumes from `resumed_from` and ends as the
+  uninterrupted run did."""
   again, _ = _run('train.py', wd, cache)
   assert again.returncode == 0, again.stderr[-3000:]
+  assert f'Resumed from {wd / "checkpoints"}/{resumed_from} ' in again.stdout
   _assert_same_end(tmp / 'reference', wd)
 
 

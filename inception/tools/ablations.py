@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import io
 import json
-import os
 import statistics
 import sys
 import time
@@ -103,21 +103,21 @@ def _markdown(rows: Sequence[dict], columns: Sequence[str], fmt=_fmt) -> list[st
 
 def write_tables(rows: Sequence[dict], workdir: Path) -> None:
   """results.csv and results.md of `rows` (each replaced atomically: runners may race)."""
-  tmp = workdir / f'.results.csv.{os.getpid()}.tmp'
-  with open(tmp, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
-  os.replace(tmp, workdir / 'results.csv')
+  from inception import weights  # pylint: disable=g-import-not-at-top  # its atomic_write
+  table = io.StringIO(newline='')
+  w = csv.DictWriter(table, fieldnames=COLUMNS)
+  w.writeheader()
+  w.writerows(rows)
+  with weights.atomic_write(workdir / 'results.csv') as f:
+    f.write(table.getvalue().encode())
   lines = _markdown(rows, COLUMNS)
   lines += ['', 'Mean +- std over seeds:', '']
   lines += _markdown(summary_rows(rows), ('variant', 'seeds') + SUMMARY_COLUMNS,
                      fmt=lambda v, _: str(v))
   if any(r['synthetic'] for r in rows):
     lines.insert(0, '**SYNTHETIC DATA in some runs (synthetic=True): not Animals-10.**\n')
-  tmp = workdir / f'.results.md.{os.getpid()}.tmp'
-  tmp.write_text('\n'.join(lines) + '\n')
-  os.replace(tmp, workdir / 'results.md')
+  with weights.atomic_write(workdir / 'results.md') as f:
+    f.write(('\n'.join(lines) + '\n').encode())
 
 
 def share(runs: Sequence[tuple[str, int]], task_index: int | None, num_tasks: int | None

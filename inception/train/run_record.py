@@ -31,6 +31,8 @@ from typing import Any
 
 import ml_collections
 
+from inception import weights as weights_lib
+
 FORMAT = 1
 RECORD = 'run.json'
 MANIFEST = 'data_manifest.json'
@@ -85,12 +87,6 @@ def config_from_json(obj: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(obj))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: Any,
           weights: dict) -> None:
   """Writes run.json and data_manifest.json (atomically) for a run on `info`'s data.
@@ -105,12 +101,12 @@ def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: A
   if hashlib.sha256(blob).hexdigest() != info.manifest_sha256:
     raise RuntimeError(f'{src} changed since the data was prepared for this run; another '
                        'process restructured it: rerun')
-  tmp = workdir / f'.{MANIFEST}.{os.getpid()}.tmp'
-  tmp.write_bytes(blob)
-  os.replace(tmp, workdir / MANIFEST)
+  with weights_lib.atomic_write(workdir / MANIFEST) as f:
+    f.write(blob)
   record = {'format': FORMAT, 'config': json.loads(config.to_json_best_effort()),
             'class_names': list(info.class_names), 'data': info.to_json(), 'weights': weights}
-  _atomic_write(workdir / RECORD, json.dumps(record, indent=1, sort_keys=True) + '\n')
+  with weights_lib.atomic_write(workdir / RECORD) as f:
+    f.write((json.dumps(record, indent=1, sort_keys=True) + '\n').encode())
 
 
 def load(workdir: str | os.PathLike) -> RunRecord:
@@ -158,7 +154,7 @@ def merge(record: RunRecord, given: ml_collections.ConfigDict | None
     ConfigMismatchError: `given` differs from the record in any other key, naming each such
       key with both values.
   """
-  config = config_from_json(json.loads(record.config.to_json_best_effort()))
+  config = record.config.copy_and_resolve_references()  # The record's own stays as loaded.
   if given is None:
     return config
   mine, theirs = _flat(config), _flat(given)
