@@ -46,7 +46,16 @@ flags.DEFINE_string('data_root', None, 'eval --split: the run\'s restructured su
                     'moved (its files are checked against the recorded sha256).')
 flags.DEFINE_list('inputs', [], 'predict: image files and/or folders.')
 flags.DEFINE_string('output', None, 'predict: CSV file for the predictions.')
-flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() (multi-process).')
+flags.DEFINE_bool('multihost', False, 'Multi-process job: call jax.distributed.initialize(), '
+                  'auto-detecting what the flags below leave unset (TPU pods, Slurm, MPI).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0\'s '
+                    'coordination service (the same in every process). Implies --multihost.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: processes in the job.', lower_bound=1)
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index, 0 .. '
+                     'num_processes-1 (0 writes metrics, summaries and the record).',
+                     lower_bound=0)
+flags.DEFINE_integer('heartbeat_timeout', 60, 'Multi-process: seconds after which a silent '
+                     '(dead) process ends the job in every other process.', lower_bound=1)
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.DEFINE_bool('verbose', False, 'Show the libraries\' start-up logs (TensorFlow/XLA notices '
                   'such as "failed call to cuInit" on a machine without a GPU). Also: '
@@ -86,28 +95,61 @@ def _native_logs_held_back(verbose: bool):
       os.close(saved)
 
 
-def _start_libraries(verbose: bool) -> None:
-  """Imports TensorFlow (via `data`) and starts JAX's backends, quietly unless `verbose`."""
+def _verbose(argv: list[str]) -> bool:
+  return (any(a in ('--verbose', '--verbose=true', '--verbose=True') for a in argv)
+          or bool(os.environ.get('INCEPTION_FLAX_VERBOSE')))
+
+
+def _import_libraries(verbose: bool) -> None:
+  """Imports TensorFlow (via `data`) and JAX, quietly unless `verbose`."""
   if not verbose:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   with _native_logs_held_back(verbose):
     import data  # pylint: disable=g-import-not-at-top,unused-import
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top,unused-import
     if not verbose:
       # "Unable to initialize backend 'tpu'" and the like: JAX trying platforms this machine
       # does not have.
       import logging as py_logging  # pylint: disable=g-import-not-at-top
       py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.ERROR)
+
+
+def _start_jax(verbose: bool) -> None:
+  """Joins the multi-process job when asked (that must come first), then starts JAX's
+  backends, quietly unless `verbose`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  distributed = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.multihost or any(v is not None for v in distributed):
+    from inception.train import sharding  # pylint: disable=g-import-not-at-top
+    sharding.initialize_multihost(*distributed, heartbeat_timeout_s=FLAGS.heartbeat_timeout)
+  with _native_logs_held_back(verbose):
     jax.devices()
+
+
+def _process_log():
+  """print in process 0; elsewhere only warnings, prefixed with the process index (N copies
+  of every line would bury them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    return print
+  prefix = f'[process {jax.process_index()}/{jax.process_count()}] '
+
+  def log(line: str) -> None:
+    if line.lstrip().startswith(('WARNING', 'ERROR')):
+      print(prefix + line)
+  return log
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
-  if FLAGS.multihost:
-    from inception.train import sharding  # pylint: disable=g-import-not-at-top
-    sharding.initialize_multihost()
+  try:
+    _start_jax(_verbose(sys.argv))
+  except (ValueError, TypeError) as e:  # jax.distributed.initialize's "should be defined" etc.
+    print(f'ERROR: multi-process start-up (--coordinator_address, --num_processes, '
+          f'--process_id): {e}', file=sys.stderr)
+    return 2
   from configs import validate  # pylint: disable=g-import-not-at-top
   from inception.train import checkpoints  # pylint: disable=g-import-not-at-top
   from inception.train import run_record  # pylint: disable=g-import-not-at-top
@@ -141,17 +183,19 @@ def main(argv) -> int:
   except OSError as e:  # config_flags raises a config file's load failure on first use.
     print(f'Invalid config: --config={raw_flag}: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
+  log = _process_log()
   try:
     if FLAGS.mode == 'train':
-      trainer.train(config, workdir, progress_bars=FLAGS.progress)
+      trainer.train(config, workdir, progress_bars=FLAGS.progress, log=log)
     elif FLAGS.mode == 'eval':
       from inception.tools import evaluate  # pylint: disable=g-import-not-at-top
       evaluate.evaluate(workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
-                        eval_dir=FLAGS.eval_dir, data_root=FLAGS.data_root, config=config)
+                        eval_dir=FLAGS.eval_dir, data_root=FLAGS.data_root, config=config,
+                        log=log)
     else:
       from inception.tools import predict  # pylint: disable=g-import-not-at-top
       predict.predict(workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
-                      output=FLAGS.output, config=config)
+                      output=FLAGS.output, config=config, log=log)
   except trainer.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3
@@ -192,10 +236,10 @@ def _unknown_key_message(error: Exception, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, but a bad --config (bad config arg, misspelt key, wrong type) exits
-  with code 2 and one message, like an invalid config value. Starts the libraries first (a
-  config file imports TensorFlow), quietly unless --verbose or INCEPTION_FLAX_VERBOSE=1."""
-  _start_libraries(any(a in ('--verbose', '--verbose=true', '--verbose=True') for a in argv)
-                   or bool(os.environ.get('INCEPTION_FLAX_VERBOSE')))
+  with code 2 and one message, like an invalid config value. Imports the libraries first (a
+  config file imports TensorFlow), quietly unless --verbose or INCEPTION_FLAX_VERBOSE=1; JAX's
+  backends start in `main`, after joining a multi-process job."""
+  _import_libraries(_verbose(argv))
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:

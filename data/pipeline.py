@@ -213,11 +213,13 @@ def eval_batches(info, config_data: ml_collections.ConfigDict, *, split: str = '
 
 def file_batches(paths: Sequence[str], labels: Sequence[int],
                  config_data: ml_collections.ConfigDict, *, batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """`eval_batches` over an explicit list of files and labels (e.g. a run's recorded split)."""
+                 process_index: int = 0, process_count: int = 1, with_index: bool = False
+                 ) -> Iterator[dict]:
+  """`eval_batches` over an explicit list of files and labels (e.g. a run's recorded split);
+  with_index: also 'index': int [B], each example's position in `paths` (-1 = padding)."""
   paths = np.array(paths, dtype=str) if len(paths) else np.zeros([0], str)
   yield from _padded_batches(paths, np.asarray(labels, np.int32), config_data, batch_size,
-                             process_index, process_count, with_index=False)
+                             process_index, process_count, with_index=with_index)
 
 
 def list_images(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
@@ -236,19 +238,14 @@ def list_images(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[p
   return files
 
 
-def folder_batches(path: str | os.PathLike | Sequence[str | os.PathLike],
-                   config_data: ml_collections.ConfigDict, *, batch_size: int,
-                   log: Callable[[str], None] = print) -> Iterator[dict]:
-  """Prediction batches of any files: a folder (recursively, sorted), a file, or a list.
-
-  Yields {'image': float32 [B, S, S, 3], 'mask': bool [B], 'path': str [B] ('' = padding)}
-  and an unused 'label' (0). Unusable files are skipped with a message; files TensorFlow
-  would not decode as PIL does are read through a normalised PNG copy in the cache.
-  """
-  files = list_images(path)
-  checks = imagecheck.check_many(files)
+def usable_images(path: str | os.PathLike | Sequence[str | os.PathLike],
+                  log: Callable[[str], None] = print) -> list[tuple[str, str]]:
+  """(file, file to decode) of each usable image of a folder (recursively, sorted), a file or a
+  list, in order. Unusable files are skipped with a message; files TensorFlow would not
+  decode as PIL does are decoded from a normalised PNG copy in the cache."""
   usable = []
-  for f, chk in zip(files, checks):
+  files = list_images(path)
+  for f, chk in zip(files, imagecheck.check_many(files)):
     if not chk.ok:
       log(f'folder_batches: skipping {f}: {chk.reason}')
     elif chk.tf_ok:
@@ -259,10 +256,23 @@ def folder_batches(path: str | os.PathLike | Sequence[str | os.PathLike],
         norm.parent.mkdir(parents=True, exist_ok=True)
         imagecheck.normalise(f, norm)
       usable.append((str(f), str(norm)))
-  # Decode the readable file, report the original path.
-  read = np.array([r for _, r in usable], dtype=str) if usable else np.zeros([0], str)
+  return usable
+
+
+def folder_batches(path: str | os.PathLike | Sequence[str | os.PathLike],
+                   config_data: ml_collections.ConfigDict, *, batch_size: int,
+                   process_index: int = 0, process_count: int = 1,
+                   log: Callable[[str], None] = print) -> Iterator[dict]:
+  """Prediction batches of any files (`usable_images`), shared between processes as
+  `eval_batches`.
+
+  Yields {'image': float32 [B, S, S, 3], 'mask': bool [B], 'path': str [B] ('' = padding),
+  'index': int [B] (position among the usable images, -1 = padding)} and an unused 'label'.
+  """
+  usable = usable_images(path, log)
   originals = np.array([o for o, _ in usable] + [''], dtype=str)  # [-1] = '' for padding.
-  for batch in _padded_batches(read, np.zeros(len(read), np.int32), config_data, batch_size,
-                               0, 1, with_index=True):
-    batch['path'] = originals[batch.pop('index')]
+  for batch in file_batches([r for _, r in usable], np.zeros(len(usable), np.int32),
+                            config_data, batch_size=batch_size, process_index=process_index,
+                            process_count=process_count, with_index=True):
+    batch['path'] = originals[batch['index']]  # Decode the readable file, report the original.
     yield batch

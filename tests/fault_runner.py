@@ -17,6 +17,10 @@ Preemption instead of a kill: SIGTERM (what Slurm, GKE and TPU VMs send first) a
   sigterm_at_step   entering the n-th jitted train step call
   sigterm_in_save   an orbax save about to write its n-th item (ckpt_write's point)
 logged as '<point>:<n> <unix time>'. Several specs may be given, comma-separated.
+
+INCEPTION_FLAX_RECORD_BATCHES=<dir> (with or without a fault) appends one line per training
+batch this process reads to <dir>/batches.<process index>.jsonl: its labels and a sha256 per
+example image, so tests can check which process read which examples.
 """
 
 from __future__ import annotations
@@ -98,12 +102,32 @@ def _install_one(spec: str) -> None:
     handler.async_save = patched_save
 
 
+def record_batches(directory: str) -> None:
+  """Patches data.pipeline.train_batches to log each batch it yields (see module doc)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from data import pipeline  # pylint: disable=g-import-not-at-top
+  train_batches = pipeline.train_batches
+
+  def patched(*args, **kwargs):
+    path = Path(directory) / f'batches.{jax.process_index()}.jsonl'
+    for batch in train_batches(*args, **kwargs):
+      with path.open('a') as f:
+        f.write(json.dumps({'label': batch['label'].tolist(), 'image': [
+            hashlib.sha256(x.tobytes()).hexdigest()[:16] for x in batch['image']]}) + '\n')
+      yield batch
+  pipeline.train_batches = patched
+
+
 def main() -> None:
   spec = os.environ.get('INCEPTION_FLAX_FAULT', '')
   sys.path.insert(0, str(ROOT))
   os.chdir(ROOT)
   if spec:
     install(spec)
+  if os.environ.get('INCEPTION_FLAX_RECORD_BATCHES'):
+    record_batches(os.environ['INCEPTION_FLAX_RECORD_BATCHES'])
   from absl import app  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   app.run(lambda argv: sys.exit(train.main(argv)))

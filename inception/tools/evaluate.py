@@ -137,8 +137,10 @@ def _folder_batches(files, config_data, batch_size: int, log):
   """Batches of the class-folder files, labelled (mask marks real, readable examples)."""
   label_of = dict(files)
   for batch in data.folder_batches([f for f, _ in files], config_data, batch_size=batch_size,
-                                   log=log):
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count(), log=log):
     labels = [label_of.get(p, 0) for p in batch.pop('path')]
+    del batch['index']
     yield {**batch, 'label': np.asarray(labels, np.int32)}
 
 

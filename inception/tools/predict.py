@@ -33,20 +33,24 @@ def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'la
   repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
   step = steps_lib.make_predict_step(r.model, replicated=repl, batch_sharding=dsh)
   names = r.record.class_names
+  files = data.usable_images(list(inputs), log)  # The same list in every process.
   rows = []
-  for batch in data.folder_batches(list(inputs), r.config.data, batch_size=r.batch_size,
-                                   log=log):
-    dev = sharding.shard_batch({'image': batch['image']}, r.mesh)
-    probs = np.asarray(jax.device_get(step(r.variables, dev['image'])))
-    for path, ok, p in zip(batch['path'], batch['mask'], probs):
-      if not ok:
+  for batch in data.file_batches([d for _, d in files], np.zeros(len(files), np.int32),
+                                 r.config.data, batch_size=r.batch_size,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(), with_index=True):
+    dev = sharding.shard_batch({'image': batch['image'], 'index': batch['index']}, r.mesh)
+    # The whole global batch in every process (several processes: gathered).
+    probs = sharding.to_host(step(r.variables, dev['image']))
+    for i, p in zip(sharding.to_host(dev['index']), probs):
+      if i < 0:  # Padding.
         continue
       k = int(np.argmax(p))
-      rows.append({'path': str(path), 'class': names[k], 'probability': float(p[k]),
-                   **{f'p_{n}': float(p[i]) for i, n in enumerate(names)}})
+      rows.append({'path': files[i][0], 'class': names[k], 'probability': float(p[k]),
+                   **{f'p_{n}': float(p[j]) for j, n in enumerate(names)}})
   for row in rows:
     log(f'{row["class"]:>12s} {row["probability"]:.4f}  {row["path"]}')
-  if output:
+  if output and jax.process_index() == 0:
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     with open(output, 'w', newline='') as f:
       w = csv.DictWriter(f, fieldnames=['path', 'class', 'probability'] +

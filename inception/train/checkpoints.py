@@ -168,7 +168,8 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: steps_lib.TrainState | 
       if abstract_state is None:
         return out['model'], meta
       return steps_lib.TrainState(
-          step=jax.device_put(np.int32(s), sharding) if sharding is not None else np.int32(s),
+          step=np.int32(s) if sharding is None else
+          jax.make_array_from_process_local_data(sharding, np.int32(s)),
           params=out['model']['params'], batch_stats=out['model']['batch_stats'],
           opt_state=out['opt']['opt_state']), meta
     except Exception as e:  # pylint: disable=broad-except

@@ -62,17 +62,20 @@ class Preempted(RuntimeError):
 
 
 class _PreemptionSignal:
-  """While active, the first SIGTERM only asks the loop to save and stop (`requested`); the
-  default action is restored at once, so a second SIGTERM ends the process right away (the
-  checkpoints committed before are untouched: orbax commits by renaming a finished folder).
+  """While active, a SIGTERM asks the loop to save the step reached and stop.
 
-  Single-process runs only (all processes of a job must agree on the step to save, which
-  needs the multi-process step agreement); elsewhere, and off the main thread, a no-op.
+  One process: the first SIGTERM sets `requested`; the default action is restored at once, so
+  a second SIGTERM ends the process right away (the checkpoints committed before are
+  untouched: orbax commits by renaming a finished folder). Several processes: JAX's
+  preemption sync manager (started by `jax.distributed.initialize`) owns SIGTERM; a notice
+  to any process reaches all of them, and `reached(step)`, called by every process at every
+  step, turns True in all of them at the same step. Off the main thread (one process): inert.
   """
 
   def __init__(self, log: Callable[[str], None]):
     self.requested = False
     self._log, self._previous = log, None
+    self._multiprocess = jax.process_count() > 1
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -81,8 +84,18 @@ class _PreemptionSignal:
     self._log('SIGTERM received: saving a checkpoint at the current step, then exiting '
               f'(exit status {EXIT_PREEMPTED}); a second SIGTERM ends the process now.')
 
+  def reached(self, step: int) -> bool:
+    """Whether to stop at `step` (every process calls it at every step, in order)."""
+    if self._multiprocess and not self.requested:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.requested = True
+        self._log(f'SIGTERM received by the job: every process saves step {step}, then exits '
+                  f'(exit status {EXIT_PREEMPTED}).')
+    return self.requested
+
   def __enter__(self) -> '_PreemptionSignal':
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    if not self._multiprocess and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -243,8 +256,27 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if lock.path.parent.resolve() != workdir.resolve():
       raise ValueError(f'lock {lock.path} is not the lock of --workdir {workdir}')
     return _train_locked(config, workdir, log, progress_bars)
-  with checkpoints.WorkdirLock(workdir):
+  with _job_lock(workdir):
     return _train_locked(config, workdir, log, progress_bars)
+
+
+@contextlib.contextmanager
+def _job_lock(workdir: Path):
+  """The workdir lock, held by process 0 for the whole job; every process learns whether it
+  was taken (so none starts collectives that the others will never join)."""
+  lock, error = checkpoints.WorkdirLock(workdir), None
+  if is_main():
+    try:
+      lock.acquire()
+    except RuntimeError as e:
+      error = e
+  if not sharding.all_agree(error is None):
+    raise error or RuntimeError(f'Workdir {workdir} is in use by another run (process 0 could '
+                                f'not lock {lock.path}).')
+  try:
+    yield
+  finally:
+    lock.release()
 
 
 def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
@@ -276,7 +308,8 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
       log(f'Training already finished ({start_step}/{loop.total_steps} steps); reporting only.')
     ckpt.wait()
     if loop.writer:
-      loop.writer.close()  # finish() reads metrics.jsonl back.
+      loop.writer.close()  # finish() reads metrics.jsonl back, in every process.
+    sharding.barrier('metrics.jsonl complete')
     return finish(config, workdir, loop.state, info, s.class_names, loop.evaluate, log,
                   wall_time=time.time() - t_start, total_steps=loop.total_steps,
                   provenance=s.provenance, resumed_from=start_step)
@@ -350,8 +383,8 @@ class _Loop:
         guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
     self.eval_step = steps_lib.make_eval_step(step_model, len(setup.class_names),
                                               replicated=repl, batch_sharding=dsh)
-    self.base_key = jax.device_put(
-        jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM), repl)
+    self.base_key = sharding.replicate(
+        jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM), self.mesh)
     self.shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   def evaluate(self, state, split: str = 'validation') -> dict:
@@ -405,7 +438,7 @@ class _Loop:
         if self.step % tc.log_every_steps == 0 or boundary or save_now:
           self._sync(pending, pending_first, epoch, bar, time.perf_counter() - t_sync)
           pending, pending_first, t_sync = [], self.step, time.perf_counter()
-        preempted = self.preemption.requested and not boundary
+        preempted = self.preemption.reached(self.step) and not boundary
         # (A boundary step goes on to the epoch's evaluation and checkpoint first.)
         if (save_now or preempted) and not boundary:
           mid_epoch = {'epoch': epoch - 1, 'best': self.best,
