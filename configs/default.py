@@ -51,8 +51,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   # 'rmsprop' (Keras semantics: eps outside the sqrt, accumulator starts at 0), 'adam', 'sgd'.
   c.optimizer.name = 'rmsprop'
-  # Base learning rate, constant.
+  # Base learning rate (the schedule's peak).
   c.optimizer.lr = 1e-3
+  # Learning-rate schedule over the run's steps: 'constant'; 'cosine' (from lr down to
+  # lr * end_lr_factor at the last step); 'step' (lr times decay_factor at each epoch of
+  # decay_epochs). Per-rule multipliers of param_rules scale it. Its position is in the
+  # optimizer state, so a resumed run continues it.
+  c.optimizer.schedule = 'constant'
+  # Linear warmup from 0 to lr over this many epochs (fractions allowed), before the schedule.
+  c.optimizer.warmup_epochs = 0.0
+  # 'cosine': the final lr as a fraction of lr.
+  c.optimizer.end_lr_factor = 0.0
+  # 'step': the epochs (increasing; fractions allowed) after which lr is multiplied by
+  # decay_factor, e.g. (6, 9).
+  c.optimizer.decay_epochs = ()
+  c.optimizer.decay_factor = 0.1
+  # Decoupled weight decay (AdamW's rule, for every optimizer): w <- w - lr(t) * wd * w after
+  # each update; 0 = off. Never on frozen params, nor on paths matching weight_decay_exclude.
+  c.optimizer.weight_decay = 0.0
+  # Regexes of param paths without weight decay; default: biases and BatchNorm parameters.
+  c.optimizer.weight_decay_exclude = ('/bias$', '/bn/')
+  # Clip the trainable gradients to this global norm before the update; 0 = off.
+  c.optimizer.clip_global_norm = 0.0
   # RMSprop decay of the squared-gradient average (Keras' rho).
   c.optimizer.rho = 0.9
   # Numerical epsilon (Keras' default 1e-7).
@@ -82,6 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A non-finite loss or gradient: 'stop' (report the step, keep the last good checkpoint,
   # exit non-zero) or 'skip' (drop that batch's update and go on).
   c.train.on_nonfinite = 'stop'
+  # Label smoothing of the training loss, in [0, 1): targets y * (1 - e) + e / K (K = 2 for
+  # the one-logit sigmoid head). Evaluation reports the plain cross-entropy.
+  c.train.label_smoothing = 0.0
   # Steps between progress/metric syncs with the host (train metrics stay on device between).
   c.train.log_every_steps = 5
   # Evaluate on the validation split every this many epochs (and always after the last).

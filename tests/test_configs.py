@@ -75,7 +75,9 @@ def test_unknown_and_missing_keys():
   with pytest.raises(ValueError) as e:
     _ok(c)
   assert str(e.value) == ("Unknown config key 'optimizer.learning_rate'; valid keys here: "
-                          "eps_in_sqrt, epsilon, lr, momentum, name, param_rules, rho")
+                          "clip_global_norm, decay_epochs, decay_factor, end_lr_factor, "
+                          "eps_in_sqrt, epsilon, lr, momentum, name, param_rules, rho, schedule, "
+                          "warmup_epochs, weight_decay, weight_decay_exclude")
   c = dog_horse.get_config()
   del c.train['epochs']
   with pytest.raises(ValueError, match="Missing config key 'train.epochs'"):

@@ -5,7 +5,15 @@ import numpy as np
 import optax
 import pytest
 
+from configs import default
 from inception.train import optim
+
+
+def _opt(**values) -> ml_collections.ConfigDict:
+  """configs/default.py's optimizer section with `values`."""
+  opt = default.get_config().optimizer
+  opt.update(values)
+  return opt
 
 
 def _keras_updates(opt, grads_seq, w0):
@@ -68,9 +76,8 @@ def test_eps_placement_matters():
 
 
 def test_masked_optimizer_has_no_state_for_frozen_and_scales_lr():
-  opt = ml_collections.ConfigDict(dict(
-      name='rmsprop', lr=1e-3, rho=0.9, epsilon=1e-7, momentum=0.0, eps_in_sqrt=False,
-      param_rules=(('^backbone/b/', 0.1), ('^backbone/', 0.0), ('.*', 1.0))))
+  opt = _opt(name='rmsprop', lr=1e-3, rho=0.9, epsilon=1e-7, momentum=0.0, eps_in_sqrt=False,
+             param_rules=(('^backbone/b/', 0.1), ('^backbone/', 0.0), ('.*', 1.0)))
   params = {'backbone': {'a': {'kernel': np.ones((3, 4), np.float32)},
                          'b': {'kernel': np.ones((2,), np.float32)}},
             'head': {'dense': {'kernel': np.ones((4, 1), np.float32)}}}
@@ -95,7 +102,7 @@ def test_masked_optimizer_has_no_state_for_frozen_and_scales_lr():
     ((('.*',),), 'must be a (regex, lr multiplier) pair'),
 ])
 def test_bad_param_rules(rules, message):
-  opt = ml_collections.ConfigDict(dict(name='rmsprop', lr=1e-3, rho=0.9, epsilon=1e-7,
-                                       momentum=0.0, param_rules=rules))
+  opt = _opt(name='rmsprop', lr=1e-3, rho=0.9, epsilon=1e-7, momentum=0.0)
+  opt.param_rules = rules
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
     optim.make(opt, {'head': {'kernel': np.ones(2)}})

@@ -43,19 +43,29 @@ def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainStat
                     opt_state=tx.init(variables['params']))
 
 
-def loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def loss_and_correct(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+                     ) -> tuple[jax.Array, jax.Array]:
   """Per-example loss and correctness ([B] float32 each).
 
   logits [B, 1]: binary cross-entropy from the logit (Keras' sigmoid + binary_crossentropy,
   without its 1e-7 clipping); logits [B, K>1]: softmax cross-entropy. labels: int [B].
+  label_smoothing e: the targets are y * (1 - e) + e / K (K = 2 for one logit), as Keras'
+  `label_smoothing` (binary: y * (1 - e) + e / 2) and `optax.smooth_labels` compute them.
   """
   logits = logits.astype(jnp.float32)
   if logits.shape[-1] == 1:
     z = logits[:, 0]
-    loss = optax.sigmoid_binary_cross_entropy(z, labels.astype(jnp.float32))
+    target = labels.astype(jnp.float32)
+    if label_smoothing:
+      target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    loss = optax.sigmoid_binary_cross_entropy(z, target)
     pred = (z > 0).astype(jnp.int32)
   else:
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if label_smoothing:
+      target = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, target)
+    else:
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return loss, (pred == labels).astype(jnp.float32)
 
@@ -73,15 +83,16 @@ def _options(compiler_options: dict | None) -> dict:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
-                    train_blocks: Collection[str] = (), guard_nonfinite: bool = True,
+                    train_blocks: Collection[str] = (), label_smoothing: float = 0.0,
+                    guard_nonfinite: bool = True,
                     state_sharding: Any = None, batch_sharding: Any = None,
                     donate: bool = True, compiler_options: dict | None = None) -> Callable:
   """Jitted `step(state, batch, base_key) -> (state, metrics)`.
 
   batch: {'image': float [B, H, W, 3], 'label': int [B]}; with `model` a `transfer.HeadOnly`
   (the feature cache), 'image' holds cut-layer features [B, h, w, C] and the frozen backbone
-  params pass through. metrics: scalars 'loss', 'accuracy'
-  (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
+  params pass through. label_smoothing: of the loss (`loss_and_correct`). metrics: scalars
+  'loss' (the smoothed one when smoothing), 'accuracy' (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
   update was then skipped when `guard_nonfinite`). With shardings given, the state is laid out
   with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
   compiler_options: XLA options; None = `xla_options.compiler_options()`, {} = XLA's defaults.
@@ -103,7 +114,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
       else:
         logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
         stats = None
-      loss, correct = loss_and_correct(logits, batch['label'])
+      loss, correct = loss_and_correct(logits, batch['label'], label_smoothing)
       return loss.mean(), (correct.mean(), stats)
 
     (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)

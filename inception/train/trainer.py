@@ -144,7 +144,9 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
   model = transfer.from_config(config, len(class_names), provenance['variant'])
   variables = transfer.init_variables(model, config.data.image_size, config.seed)
   variables = transfer.replace_backbone(variables, backbone, config.model.weights)
-  tx = optim.make(config.optimizer, variables['params'])
+  spe = data.steps_per_epoch(info, config.train.batch_size)
+  tx = optim.make(config.optimizer, variables['params'], steps_per_epoch=spe,
+                  total_steps=config.train.epochs * spe)
   mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
   state = sharding.replicate(steps_lib.create_state(variables, tx), mesh)
   return Setup(info, model, tx, mask, state, mesh, provenance, class_names)
@@ -199,6 +201,7 @@ def validate_config(config: ml_collections.ConfigDict, *, workdir: str | Path | 
   checks.number('train.batch_size', t.batch_size, lo=1, integer=True)
   checks.choice('train.loss', t.loss, LOSSES)
   checks.choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
+  checks.number('train.label_smoothing', t.label_smoothing, lo=0, hi=1, hi_open=True)
   checks.number('train.log_every_steps', t.log_every_steps, lo=1, integer=True)
   checks.number('train.eval_every_epochs', t.eval_every_epochs, lo=1, integer=True)
   checks.number('train.prefetch_to_device', t.prefetch_to_device, lo=1, integer=True)
@@ -380,7 +383,7 @@ class _Loop:
     step_model = setup.model if self.cache is None else transfer.HeadOnly(setup.model)
     self.train_step = steps_lib.make_train_step(
         step_model, setup.tx, setup.mask, train_blocks=config.model.batchnorm_train_blocks,
-        guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
+        label_smoothing=config.train.label_smoothing, guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
     self.eval_step = steps_lib.make_eval_step(step_model, len(setup.class_names),
                                               replicated=repl, batch_sharding=dsh)
     self.base_key = sharding.replicate(
