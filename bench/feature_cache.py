@@ -11,7 +11,8 @@ synthetic data set; no test split (not part of an epoch). Runs, in one process:
   1. `trainer.train` with train.feature_cache='on', head 'flatten': epoch 1 computes and stores
      the train and validation features, later epochs train the head on them. Epoch time = time
      between the trainer's epoch lines (training + validation; checkpoints only after the last).
-  2. The same with head 'gap' (the features come from the cache of run 1).
+  2. The same with head 'gap' (a 'gap' head caches pooled features: its epoch 1 computes its
+     own cache).
   3. tf_keras `model.fit` of the same train/validation arrays (`bench/keras_models.py`
      `build_model`: frozen backbone + Flatten head, same weights), --keras-epochs epochs.
   4. The flatten head step alone: XLA cost analysis FLOPs, median step time, GFLOP/s vs the

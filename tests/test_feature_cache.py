@@ -13,6 +13,7 @@ from configs import validate
 from inception.tools import evaluate
 from inception import weights
 from inception.train import feature_cache
+from inception.train import sharding
 from inception.train import trainer
 from inception.models import transfer
 
@@ -116,6 +117,9 @@ def test_corrupt_cache_file_is_recomputed(tmp_path):
   feature_cache.clear_memory()  # Earlier tests may hold this key's features in memory.
   feats, labels = fc.features('validation')
   assert feats.shape[0] == len(labels) == 8 and feats.dtype == np.float32
+  # A read-only map of the file, not a copy; keep a copy, as the damage below is done in place.
+  assert isinstance(feats, np.memmap) and not feats.flags.writeable
+  feats = np.array(feats)
   npy, side = fc.dir / 'validation.npy', fc.dir / 'validation.json'
   assert npy.is_file() and side.is_file()
   for damage in ('flip', 'truncate', 'no_sidecar'):
@@ -161,6 +165,8 @@ def test_key_changes_with_each_ingredient():
       'resize': (prov, 'm' * 64, 'b' * 64, ('data.resize_method', 'bilinear')),
       'preprocess': (prov, 'm' * 64, 'b' * 64, ('data.preprocess', 'inception')),
       'dtype': (prov, 'm' * 64, 'b' * 64, ('model.dtype', 'bfloat16')),
+      'pooled (gap head)': (prov, 'm' * 64, 'b' * 64, ('model.head', 'gap')),
+      'storage dtype': (prov, 'm' * 64, 'b' * 64, ('train.feature_cache_dtype', 'float16')),
   }
   seen = {key}
   for name, (p, manifest, backbone, override) in variants.items():
@@ -228,3 +234,179 @@ def test_on_with_unfrozen_backbone_fails_at_start_up(tmp_path):
     trainer.train(c, tmp_path, progress_bars=False)
   assert not (tmp_path / 'checkpoints').exists() or not any(
       p.name.isdigit() for p in (tmp_path / 'checkpoints').iterdir())
+
+
+def _cache_for(config, directory, logs=None):
+  """A FeatureCache of `config` writing under `directory`, with nothing in memory."""
+  s = _setup(config)
+  log = (logs.append if logs is not None else lambda _: None)
+  fc = feature_cache.FeatureCache.for_setup(config, s, s.state, log)
+  fc.dir = directory / fc.key
+  feature_cache.clear_memory()
+  return s, fc
+
+
+def test_gap_head_caches_pooled_features_equal_to_pooling_in_the_head(tmp_path):
+  spatial_cfg, gap_cfg = _config('on'), _config('on')
+  gap_cfg.model.head = 'gap'
+  _, spatial = _cache_for(spatial_cfg, tmp_path)
+  s, pooled = _cache_for(gap_cfg, tmp_path)
+  assert pooled.key != spatial.key and pooled.ingredients['pooled']
+  full, _ = spatial.features('validation')
+  small, labels = pooled.features('validation')
+  assert full.ndim == 4 and small.shape == (len(labels), full.shape[-1])
+  np.testing.assert_allclose(small, np.asarray(full).mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
+  # The head on pooled features == the same head pooling the spatial ones == the whole model.
+  variables = {'params': s.state.params, 'batch_stats': s.state.batch_stats}
+  head = transfer.HeadOnly(s.model)
+  on_pooled = head.apply(variables, np.asarray(small))
+  on_spatial = head.apply(variables, np.asarray(full))
+  np.testing.assert_allclose(on_pooled, on_spatial, rtol=1e-5, atol=1e-6)
+  batch = next(pooled.eval_batches('validation', batch_size=8))
+  assert batch['image'].dtype == np.float32 and batch['image'].shape == (8, full.shape[-1])
+  assert (pooled.dir / 'validation.npy').stat().st_size < (
+      spatial.dir / 'validation.npy').stat().st_size / (full.shape[1] * full.shape[2] / 2)
+
+
+@pytest.mark.slow
+def test_gap_head_cached_equals_uncached(tmp_path):
+  """A short run with the pooled cache matches the uncached run (metrics and head params)."""
+  summaries = {}
+  for mode in ('off', 'on'):
+    c = _config(mode)
+    c.model.head = 'gap'
+    summaries[mode] = trainer.train(c, tmp_path / mode, progress_bars=False, log=lambda _: None)
+  want, got = _epoch_metrics(tmp_path / 'off'), _epoch_metrics(tmp_path / 'on')
+  assert got.keys() == want.keys() and len(want) == 4
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], atol=TOL, err_msg=str(k))
+  for m in ('loss', 'accuracy'):
+    assert summaries['on']['test'][m] == pytest.approx(summaries['off']['test'][m], abs=TOL)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               _params(tmp_path / 'on')['head'], _params(tmp_path / 'off')['head'])
+
+
+@pytest.mark.parametrize('storage, disk, rtol', [('float16', np.float16, 1e-3),
+                                                 ('bfloat16', np.uint16, 8e-3)])
+def test_16_bit_storage_halves_the_file_and_serves_float32(tmp_path, storage, disk, rtol):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  _, exact = _cache_for(_config('on'), tmp_path)
+  c = _config('on')
+  c.train.feature_cache_dtype = storage
+  _, half = _cache_for(c, tmp_path)
+  assert half.key != exact.key and half.ingredients['storage_dtype'] == storage
+  want, _ = exact.features('validation')
+  stored, _ = half.features('validation')
+  assert stored.dtype == disk and stored.shape == want.shape
+  meta = json.loads((half.dir / 'validation.json').read_text())
+  assert meta['dtype'] == storage
+  expect = np.asarray(want).astype(np.float16 if storage == 'float16' else ml_dtypes.bfloat16)
+  batch = next(half.eval_batches('validation', batch_size=8))
+  assert batch['image'].dtype == np.float32
+  # Exactly the rounded float32 features, close to them within the format's precision.
+  np.testing.assert_array_equal(batch['image'], expect.astype(np.float32))
+  np.testing.assert_allclose(batch['image'], want, rtol=rtol, atol=1e-6)
+  size = lambda fc: (fc.dir / 'validation.npy').stat().st_size
+  assert size(half) < 0.51 * size(exact)
+  # A second use verifies and maps the 16-bit file (no recomputation).
+  feature_cache.clear_memory()
+  before = feature_cache.stats['forward_batches']
+  again = next(half.eval_batches('validation', batch_size=8))
+  assert feature_cache.stats['forward_batches'] == before
+  np.testing.assert_array_equal(again['image'], batch['image'])
+
+
+def test_float16_overflow_and_bad_dtype_name_the_key():
+  with pytest.raises(ValueError, match=r"train\.feature_cache_dtype='float16' overflows.*"
+                                       r"'bfloat16'"):
+    feature_cache.encode(np.array([[1.0, 7e4]], np.float32), 'float16')
+  c = _config('on')
+  c.train.feature_cache_dtype = 'float64'
+  with pytest.raises(ValueError, match=r"train\.feature_cache_dtype='float64' is not valid; "
+                                       r'valid: float32, float16, bfloat16'):
+    feature_cache.validate_config(c.train)
+  s = _setup(_config('on'))
+  with pytest.raises(ValueError, match=r"train\.feature_cache_dtype='float64'"):
+    feature_cache.FeatureCache.for_setup(c, s, s.state, lambda _: None)  # Until trainer checks.
+  feature_cache.validate_config(_config('on').train)
+  del c.train['feature_cache_dtype']  # A run recorded before the key existed: float32.
+  feature_cache.validate_config(c.train)
+  assert feature_cache.storage_dtype(c.train) == 'float32'
+
+
+def test_writer_streams_the_bytes_np_save_writes(tmp_path):
+  """Row blocks in, the file np.save of the whole array would be, hashed as written."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(10, 3, 2, 4)).astype(np.float32)
+  with open(tmp_path / 'a.npy', 'wb') as f:
+    w = feature_cache._NpyWriter(f, 10, 'float32')
+    for block in np.split(x, [3, 4, 10]):
+      w.add(block)
+    sha, shape = w.finish()
+  np.save(tmp_path / 'b.npy', x)
+  assert (tmp_path / 'a.npy').read_bytes() == (tmp_path / 'b.npy').read_bytes()
+  assert sha == weights.file_digest(tmp_path / 'a.npy') and shape == x.shape
+  with open(tmp_path / 'c.npy', 'wb') as f:
+    w = feature_cache._NpyWriter(f, 10, 'float32')
+    w.add(x[:9])
+    with pytest.raises(RuntimeError, match='got 9 features for 10 examples'):
+      w.finish()
+    with pytest.raises(RuntimeError, match='more than 10 rows'):
+      w.add(x[:2])
+  with open(tmp_path / 'e.npy', 'wb') as f:  # An empty split.
+    w = feature_cache._NpyWriter(f, 0, 'float16')
+    w.finish()
+  assert np.load(tmp_path / 'e.npy', mmap_mode='r').shape == (0,)
+
+
+def _rss_file_kib() -> int:
+  """This process's resident file-backed pages (KiB), Linux only."""
+  for line in open('/proc/self/status'):
+    if line.startswith('RssFile:'):
+      return int(line.split()[1])
+  pytest.skip('no RssFile in /proc/self/status')
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='Linux /proc only')
+def test_reading_a_mapping_keeps_the_resident_set_bounded(tmp_path, monkeypatch):
+  """Serving every row of a 128 MiB map, in random batches: without releases the whole file
+  becomes resident in this process; releasing every 4 MiB served keeps it to a few batches'
+  pages (the kernel maps whole page-cache folios, so more than the rows touched)."""
+  n, row = 512, (64, 1024)  # 256 KiB rows
+  np.save(tmp_path / 'f.npy', np.ones((n,) + row, np.float32))
+  feats = np.load(tmp_path / 'f.npy', mmap_mode='r')
+  peaks = {}
+  for release_mib in (1 << 20, 4):  # never, then every 4 MiB
+    monkeypatch.setattr(feature_cache, 'RELEASE_BYTES', release_mib * 2**20)
+    mapped = feature_cache._Mapped(feats, 'float32')
+    mapped.release()
+    base, peak = _rss_file_kib(), 0
+    for b in np.random.default_rng(0).permutation(n).reshape(-1, 8):
+      assert mapped.rows(b).sum() == 8 * 64 * 1024
+      peak = max(peak, _rss_file_kib() - base)
+    peaks[release_mib] = peak / 1024
+    mapped.release()
+  assert peaks[1 << 20] > 100 and peaks[4] < 40, peaks  # MiB
+
+
+def test_processes_that_disagree_all_recompute(tmp_path, monkeypatch):
+  """This process's copy is valid, another's is not (the agreement says no): it recomputes
+  with them (single process standing in; the real several-process run is in
+  test_feature_cache_scale.py)."""
+  logs = []
+  _, fc = _cache_for(_config('on'), tmp_path, logs)
+  want, _ = fc.features('validation')
+  want = np.array(want)
+  feature_cache.clear_memory()
+  flags = []
+  monkeypatch.setattr(sharding, 'all_agree', lambda ok: flags.append(ok) or False)
+  barriers = []
+  monkeypatch.setattr(sharding, 'barrier', barriers.append)
+  before, written = feature_cache.stats['forward_batches'], feature_cache.stats['files_written']
+  logs.clear()
+  got, _ = fc.features('validation')
+  assert flags == [True] and len(barriers) == 1 and fc.key[:16] in barriers[0]
+  assert feature_cache.stats['forward_batches'] > before
+  assert feature_cache.stats['files_written'] == written + 1
+  assert any('another process has no valid copy of validation' in l for l in logs), logs
+  np.testing.assert_array_equal(got, want)

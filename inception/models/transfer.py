@@ -28,6 +28,11 @@ HEADS = ('flatten', 'gap')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def global_pool(x):
+  """The 'gap' head's global average pool: [N, h, w, C] -> [N, C], in x's dtype."""
+  return jnp.mean(x, axis=(1, 2))
+
+
 def num_outputs(num_classes: int) -> int:
   """1 logit for binary problems (sigmoid), else one per class (softmax)."""
   return 1 if num_classes == 2 else num_classes
@@ -46,7 +51,7 @@ class Head(nn.Module):
     if self.kind == 'flatten':
       x = x.reshape(x.shape[0], -1)
     elif self.kind == 'gap':
-      x = jnp.mean(x, axis=(1, 2)) if x.ndim == 4 else x
+      x = global_pool(x) if x.ndim == 4 else x  # [N, C]: pooled already (the feature cache).
     else:
       raise ValueError(f'model.head={self.kind!r} is unknown; valid: {", ".join(HEADS)}')
     if self.units:
@@ -86,23 +91,27 @@ class TransferModel(nn.Module):
 
 
 class BackboneOnly(nn.Module):
-  """`TransferModel`'s backbone alone, under the same name: [N, H, W, 3] -> features [N, h, w, C].
+  """`TransferModel`'s backbone alone, under the same name: [N, H, W, 3] -> features [N, h, w, C];
+  with `pooled`, their `global_pool` [N, C] (what a 'gap' head computes first).
 
   Applied with a TransferModel's full variables (the head's are unused).
   """
   model: TransferModel
+  pooled: bool = False
 
   @nn.compact
   def __call__(self, x):
-    return _backbone(self.model)(x, ())
+    feats = _backbone(self.model)(x, ())
+    return global_pool(feats) if self.pooled else feats
 
 
 class HeadOnly(nn.Module):
-  """`TransferModel`'s head alone on features [N, h, w, C] -> float32 logits [N, outputs].
+  """`TransferModel`'s head alone on features [N, h, w, C] -> float32 logits [N, outputs]; a
+  'gap' head also takes them pooled, [N, C] (`BackboneOnly(pooled=True)`).
 
   Named 'head' under the root as in TransferModel, so with the full variables it uses the same
   params AND the same dropout masks (flax folds the module path into the dropout key). The
-  features are cast to the model dtype first: cached bfloat16 features are stored as float32.
+  features are cast to the model dtype first: the cache serves them as float32.
   """
   model: TransferModel
 

@@ -205,7 +205,7 @@ def validate_config(config: ml_collections.ConfigDict, *, workdir: str | Path | 
   checks.number('train.log_every_steps', t.log_every_steps, lo=1, integer=True)
   checks.number('train.eval_every_epochs', t.eval_every_epochs, lo=1, integer=True)
   checks.number('train.prefetch_to_device', t.prefetch_to_device, lo=1, integer=True)
-  checks.choice('train.feature_cache', t.feature_cache, feature_cache.MODES)
+  feature_cache.validate_config(t)
   if t.feature_cache == 'on':
     # Config-only reasons here; the param_rules one needs the param tree (start-up).
     feature_cache.check_on(config)
