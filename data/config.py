@@ -64,7 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.fallback_to_synthetic = True
   # The synthetic data set (generated deterministically, written as JPEGs under the cache).
   c.synthetic = ml_collections.ConfigDict()
-  c.synthetic.num_classes = 2        # Stripe orientations 0, 180/K, ... degrees.
+  # Classes K, 2..10: stripe orientations 0, 180/K, ... degrees (stripes_000, stripes_090 for
+  # K=2; configs/animals10.py uses 10). Changing K changes every class's images and the cache key.
+  c.synthetic.num_classes = 2
   c.synthetic.images_per_class = 120  # The train+validation subset, per class.
   c.synthetic.test_per_class = 30     # Extra images per class for the test split.
   c.synthetic.image_size = 160        # Side, pixels, of the generated JPEGs.
@@ -134,7 +136,7 @@ def validate(config_data: ml_collections.ConfigDict) -> None:
   _number('test_per_class', c.test_per_class, -1, integer=True)
   _number('split_seed', c.split_seed, 0, integer=True)
   _number('image_size', c.image_size, 8, 4096, integer=True)
-  _number('synthetic.num_classes', c.synthetic.num_classes, 2, 8, integer=True)
+  _number('synthetic.num_classes', c.synthetic.num_classes, 2, 10, integer=True)
   _number('synthetic.images_per_class', c.synthetic.images_per_class, 2, integer=True)
   _number('synthetic.test_per_class', c.synthetic.test_per_class, 0, integer=True)
   _number('synthetic.image_size', c.synthetic.image_size, 32, 1024, integer=True)

@@ -106,7 +106,9 @@ def animals10_source(raw_img: pathlib.Path, classes, where: str, kind='animals10
     if not (raw_img / folder).is_dir():
       have = sorted(d.name for d in raw_img.iterdir() if d.is_dir())
       raise FileNotFoundError(f'Animals-10 at {raw_img} has no folder {folder}/ for class '
-                              f'{name!r}; it has: {", ".join(have)}')
+                              f'{name!r}; it has: {", ".join(have)}. Point data.path (or '
+                              f'$ANIMALS10_DIR) at a complete Animals-10, or set data.classes '
+                              f'to classes it has')
     pairs.append((english, folder))
   return Source(kind, raw_img.resolve(), tuple(pairs),
                 f'Animals-10 ({", ".join(c for c, _ in pairs)}) from {raw_img} ({where})')
