@@ -1,12 +1,13 @@
-"""Ablations of the seed recipe (configs/dog_horse.py), one variant per run.
+"""Ablations of the seed recipe (configs/dog_horse.py) or of the better recipe, one variant
+per run.
 
     python -m inception.tools.ablations --config configs/ablations.py --workdir workdirs/ablations \\
         [--variants baseline,cut_mixed5] [--seeds 0,1,2]
     python train.py --config configs/ablations.py:variant=head_gap,seed=1   # one variant
 
 Arg keys (all optional): variant (a name from `get_variants()`), seed (initialisation, data
-order, dropout and the split), base ('dog_horse' or 'smoke': the tiny synthetic recipe, for
-tests), and direct overrides applied after the variant: cut, head, dropout, augment,
+order, dropout and the split), base ('dog_horse', 'dog_horse_best', or 'smoke': the tiny
+synthetic recipe, for tests), and direct overrides applied after the variant: cut, head, dropout, augment,
 preprocess, weights, images_per_class, epochs.
 """
 
@@ -38,6 +39,19 @@ def get_variants() -> dict[str, dict[str, Any]]:
   # Fine-tune the top block at a tenth of the lr, its BatchNorm in training mode.
   v['unfreeze_mixed7'] = {'optimizer.param_rules': UNFREEZE_MIXED7,
                           'model.batchnorm_train_blocks': ('mixed7',)}
+  # The training knobs (each against the base config, usually base=dog_horse_best).
+  v['image_299'] = {'data.image_size': 299}  # InceptionV3's native input size.
+  v['cosine'] = {'optimizer.schedule': 'cosine', 'optimizer.warmup_epochs': 1.0}
+  v['label_smoothing'] = {'train.label_smoothing': 0.1}
+  v['ema'] = {'train.ema_decay': 0.95}
+  v['weight_decay'] = {'optimizer.weight_decay': 0.05}
+  # Deeper fine-tuning, with augmentation (the cache cannot apply): a tenth of the lr below the
+  # head, a smaller one further down, the unfrozen blocks' BatchNorm in training mode.
+  for name, blocks in (('unfreeze_mixed6_7', ('mixed6', 'mixed7')),
+                       ('unfreeze_mixed5_7', ('mixed5', 'mixed6', 'mixed7'))):
+    rules = tuple((f'^backbone/{b}/', 0.1 if b == 'mixed7' else 0.03) for b in blocks)
+    v[name] = {'optimizer.param_rules': rules + (('^backbone/', 0.0), ('.*', 1.0)),
+               'model.batchnorm_train_blocks': blocks, 'data.augment.enabled': True}
   return v
 
 
@@ -67,10 +81,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'Unknown ablation variant {a.variant!r}; valid: {", ".join(variants)}')
   if a.base == 'dog_horse':
     from configs import dog_horse as base  # pylint: disable=g-import-not-at-top
+  elif a.base == 'dog_horse_best':
+    from configs import dog_horse_best as base  # pylint: disable=g-import-not-at-top
   elif a.base == 'smoke':
     from configs import smoke as base  # pylint: disable=g-import-not-at-top
   else:
-    raise ValueError(f'Config arg base={a.base!r} is not valid; valid: dog_horse, smoke')
+    raise ValueError(f'Config arg base={a.base!r} is not valid; valid: dog_horse, '
+                     f'dog_horse_best, smoke')
   c = base.get_config()
   # A seed is a replicate: initialisation, data order, dropout AND the train/validation split.
   c.seed = a.seed

@@ -105,6 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Label smoothing of the training loss, in [0, 1): targets y * (1 - e) + e / K (K = 2 for
   # the one-logit sigmoid head). Evaluation reports the plain cross-entropy.
   c.train.label_smoothing = 0.0
+  # Exponential moving average of the trainable params, ema <- d * ema + (1 - d) * params after
+  # every update; 0 = off. When on, every evaluation (validation, test, the `best` choice, eval
+  # and predict) uses the average; it is saved in the checkpoints (item 'ema').
+  c.train.ema_decay = 0.0
   # Steps between progress/metric syncs with the host (train metrics stay on device between).
   c.train.log_every_steps = 5
   # Evaluate on the validation split every this many epochs (and always after the last).
@@ -149,4 +153,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   # Batch size of evaluation and prediction; must divide by the device count.
   c.eval.batch_size = 40
+  # Test-time augmentation of `--mode=eval` and `--mode=predict` (may be given there to any run):
+  # 'none', or 'flip' (the mean of each image's and its mirror image's class probabilities).
+  # Training's own validation and test passes never use it.
+  c.eval.tta = 'none'
   return c

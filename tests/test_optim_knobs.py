@@ -189,8 +189,8 @@ def test_step_schedule_needs_decay_epochs():
     optim.validate_config(_opt(schedule='step'))
 
 
-KNOBS = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_epochs=1.0',
-         '--config.optimizer.end_lr_factor=0.1', '--config.optimizer.weight_decay=0.05',
+KNOBS = ['--config.train.ema_decay=0.9', '--config.optimizer.schedule=cosine',
+         '--config.optimizer.warmup_epochs=1.0', '--config.optimizer.end_lr_factor=0.1', '--config.optimizer.weight_decay=0.05',
          '--config.optimizer.clip_global_norm=0.5', '--config.train.label_smoothing=0.1']
 
 

@@ -7,9 +7,13 @@ from `<workdir>/checkpoints` ('latest' or a step) or `<workdir>/best` ('best'); 
 is read and no data set is prepared, found or downloaded. A split is read from exactly the files
 the run's manifest lists, each checked against its recorded sha256.
 
-Each evaluation writes `<workdir>/eval/<what>_<checkpoint>[_step<S>].json` (+ confusion matrix)
-with full-precision metrics, and ends its output with the line
-`<what> @ step S (<checkpoint>): accuracy A loss L (n=N)`.
+A run trained with `train.ema_decay` is evaluated with its EMA parameters, as its training
+evaluated them. `eval.tta='flip'` (may be given at evaluation) averages each image's and its
+mirror image's class probabilities.
+
+Each evaluation writes `<workdir>/eval/<what>_<checkpoint>[_step<S>][_tta-flip].json` (+
+confusion matrix) with full-precision metrics, and ends its output with the line
+`<what> @ step S (<checkpoint>): accuracy A loss L (n=N)` (`(n=N, tta=flip)` with TTA).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import data
 from data import restructure
 from inception import checks
 from inception.train import checkpoints
+from inception.train import param_rules
 from inception.train import reporting
 from inception.train import run_record
 from inception.train import sharding
@@ -64,6 +69,7 @@ def validate_overrides(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.data.num_parallel_calls=0 is not valid; use -1 (AUTOTUNE) or >= 1')
   checks.number('data.prefetch', config.data.prefetch, lo=-1, integer=True)
   checks.boolean('data.deterministic', config.data.deterministic)
+  steps_lib.check_tta(config.eval.tta)
 
 
 def _checkpoint_dir(workdir: Path, checkpoint: str) -> tuple[Path, int | None]:
@@ -100,13 +106,23 @@ def restore(workdir: str | Path, checkpoint: str = 'latest', *,
   mesh = sharding.make_mesh()
   model = transfer.from_config(config, len(record.class_names), record.weights['variant'])
   abstract = transfer.variable_shapes(model, config.data.image_size)
+  # Runs recorded before train.ema_decay existed had none.
+  ema_decay = config.train.get('ema_decay', 0.0)
+  mask = param_rules.trainable_mask(abstract['params'], config.optimizer.param_rules)
+  abstract_ema = param_rules.split(abstract['params'], mask)[0] if ema_decay else None
   mngr = checkpoints.manager(directory, keep=1_000_000, async_save=False)
   try:
-    variables, meta = checkpoints.restore(mngr, abstract_model=abstract, step=step,
+    variables, meta = checkpoints.restore(mngr, abstract_model=abstract,
+                                          abstract_ema=abstract_ema, step=step,
                                           sharding=sharding.replicated(mesh), log=log)
   finally:
     mngr.close()
-  log(f'Restored {directory}/{meta["step"]} (epoch {meta.get("epoch")}).')
+  if ema_decay:
+    variables = {'params': param_rules.merge(variables.pop('ema'),
+                                             param_rules.split(variables['params'], mask)[1]),
+                 'batch_stats': variables['batch_stats']}
+  log(f'Restored {directory}/{meta["step"]} (epoch {meta.get("epoch")})'
+      + (f'; evaluating its EMA parameters (train.ema_decay={ema_decay}).' if ema_decay else '.'))
   devices = mesh.devices.size
   batch_size = -(-config.eval.batch_size // devices) * devices
   if batch_size != config.eval.batch_size:
@@ -144,9 +160,14 @@ def _folder_batches(files, config_data, batch_size: int, log):
     yield {**batch, 'label': np.asarray(labels, np.int32)}
 
 
-def _output_stem(workdir: Path, what: str, checkpoint: str, step: int) -> Path:
+def tta_of(config: ml_collections.ConfigDict) -> str:
+  """config.eval.tta ('none' for runs recorded before the key existed)."""
+  return config.eval.get('tta', 'none')
+
+
+def _output_stem(workdir: Path, what: str, checkpoint: str, step: int, tta: str) -> Path:
   label = f'{checkpoint}_step{step}' if checkpoint in ('latest', 'best') else f'step{step}'
-  return workdir / 'eval' / f'{what}_{label}'
+  return workdir / 'eval' / (f'{what}_{label}' + ('' if tta == 'none' else f'_tta-{tta}'))
 
 
 def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'validation',
@@ -187,8 +208,9 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
     batches = data.file_batches(paths, labels, r.config.data, batch_size=r.batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
-  eval_step = steps_lib.make_eval_step(r.model, len(r.record.class_names), replicated=repl,
-                                       batch_sharding=dsh)
+  tta = tta_of(r.config)
+  eval_step = steps_lib.make_eval_step(r.model, len(r.record.class_names), tta=tta,
+                                       replicated=repl, batch_sharding=dsh)
   res = steps_lib.evaluate_batches(eval_step, r.variables, batches, r.mesh)
   step = int(r.meta['step'])
   out = {'format': FORMAT, 'what': what, 'checkpoint': checkpoint, 'step': step,
@@ -196,9 +218,9 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
          'count': res['count'], 'class_names': list(r.record.class_names),
          'confusion': res['confusion'].tolist(), 'data': identity,
          'trained_on_synthetic_data': r.record.is_synthetic, 'workdir': str(workdir.absolute()),
-         'eval_batch_size': r.batch_size}
+         'eval_batch_size': r.batch_size, 'tta': tta}
   if jax.process_index() == 0:
-    stem = _output_stem(workdir, name, checkpoint, step)
+    stem = _output_stem(workdir, name, checkpoint, step, tta)
     stem.parent.mkdir(parents=True, exist_ok=True)
     if Path(f'{stem}.json').exists():
       log(f'Replacing {stem}.json: the same evaluation (same data, checkpoint and step) again.')
@@ -208,5 +230,5 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
   if r.record.is_synthetic:
     log(r.record.data['banner'])
   log(f'{what} @ step {step} ({checkpoint}): accuracy {res["accuracy"]!r} '
-      f'loss {res["loss"]!r} (n={res["count"]})')
+      f'loss {res["loss"]!r} (n={res["count"]}' + ('' if tta == 'none' else f', tta={tta}') + ')')
   return out

@@ -25,13 +25,15 @@ def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'la
 
   inputs: image files and/or folders (searched recursively). output: CSV path, or None; beside
   it `<output>.json` records the run, checkpoint, step, classes and whether the run was
-  trained on synthetic data. config: optional --config (eval keys only, as `evaluate`).
+  trained on synthetic data. config: optional --config (eval keys only, as `evaluate`;
+  eval.tta='flip' averages each image's and its mirror image's probabilities).
   """
   if not inputs:
     raise ValueError('--inputs is empty: pass image files or folders to predict')
   r = evaluate.restore(workdir, checkpoint, config=config, log=log)
   repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
-  step = steps_lib.make_predict_step(r.model, replicated=repl, batch_sharding=dsh)
+  tta = evaluate.tta_of(r.config)
+  step = steps_lib.make_predict_step(r.model, tta=tta, replicated=repl, batch_sharding=dsh)
   names = r.record.class_names
   files = data.usable_images(list(inputs), log)  # The same list in every process.
   rows = []
@@ -59,7 +61,7 @@ def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'la
       w.writerows(rows)
     about = {'workdir': str(Path(workdir).absolute()), 'checkpoint': checkpoint,
              'step': int(r.meta['step']), 'class_names': list(names), 'count': len(rows),
-             'trained_on_synthetic_data': r.record.is_synthetic,
+             'tta': tta, 'trained_on_synthetic_data': r.record.is_synthetic,
              'trained_on': r.record.data['description']}
     Path(f'{output}.json').write_text(json.dumps(about, indent=2) + '\n')
     log(f'Wrote {len(rows)} predictions to {output} (checkpoint step {r.meta["step"]}; '

@@ -1,16 +1,17 @@
 """Orbax checkpoints of a run, the best-model checkpoint, and the workdir lock.
 
 Layout of a workdir:
-    checkpoints/<step>/{model,opt,meta}   last `keep` checkpoints (every N steps / every epoch)
-    best/<step>/{model,opt,meta}          the single best one by `checkpoint.best_metric`
+    checkpoints/<step>/{model,opt,meta[,ema]}  last `keep` checkpoints (every N steps / epoch)
+    best/<step>/{model,opt,meta[,ema]}         the single best one by `checkpoint.best_metric`
     .lock                                 held (fcntl.flock) by the running process
 
 Items: 'model' = {'params', 'batch_stats'} (ALL params, frozen ones too, so a checkpoint is
 self-contained: evaluation and prediction need no weights file, and a changed weights cache
 can't silently change a resumed run; the frozen part of mixed7 is ~36 MB), 'opt' =
 {'opt_state'} (restored only to resume training), 'meta' = JSON (step, epoch, metrics, weights
-provenance). The data order and dropout keys are functions of the step, so the step is all the
-input-pipeline position there is.
+provenance), 'ema' = {'params': the trainable params' moving average} when train.ema_decay
+is on (evaluation then uses it). The data order and dropout keys are functions of the step, so
+the step is all the input-pipeline position there is.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def manager(directory: str | os.PathLike, keep: int, *, async_save: bool = True
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                               item_names=('model', 'opt', 'meta'))
+                               item_names=('model', 'opt', 'meta', 'ema'))
 
 
 def save(mngr: ocp.CheckpointManager, state: steps_lib.TrainState, meta: dict) -> None:
@@ -112,10 +113,13 @@ def save(mngr: ocp.CheckpointManager, state: steps_lib.TrainState, meta: dict) -
   if step in mngr.all_steps():
     # Only after falling back past a damaged checkpoint: replace the damaged one.
     mngr.delete(step)
-  mngr.save(step, args=ocp.args.Composite(
+  items = dict(
       model=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
       opt=ocp.args.StandardSave({'opt_state': state.opt_state}),
-      meta=ocp.args.JsonSave(meta)), force=True)
+      meta=ocp.args.JsonSave(meta))
+  if state.ema is not None:
+    items['ema'] = ocp.args.StandardSave({'params': state.ema})
+  mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
 def _abstract(tree: Any, sharding: Any) -> Any:
@@ -125,13 +129,16 @@ def _abstract(tree: Any, sharding: Any) -> Any:
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: steps_lib.TrainState | None = None, *,
-            abstract_model: dict | None = None, step: int | None = None, sharding: Any = None,
+            abstract_model: dict | None = None, abstract_ema: Any = None,
+            step: int | None = None, sharding: Any = None,
             log: Callable[[str], None] = print) -> tuple[Any, dict]:
   """Restores the newest readable checkpoint (or exactly `step`).
 
   Pass `abstract_state` (a TrainState of arrays or ShapeDtypeStructs) to get a full TrainState
   back for resuming, or `abstract_model` ({'params', 'batch_stats'}) to restore only the model
-  (no optimizer state; for evaluation). Arrays are placed with `sharding` (e.g. replicated).
+  (no optimizer state; for evaluation), with `abstract_ema` (the trainable params' tree) also
+  the EMA, returned as the model's 'ema'. A state with `ema` restores it too. Arrays are placed
+  with `sharding` (e.g. replicated).
   A damaged newest checkpoint is reported and the previous one tried.
 
   Returns:
@@ -152,26 +159,29 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: steps_lib.TrainState | 
     try:
       if abstract_state is not None:
         model_t = {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}
-        args = ocp.args.Composite(
+        items = dict(
             model=ocp.args.StandardRestore(_abstract(model_t, sharding)),
             opt=ocp.args.StandardRestore(
                 _abstract({'opt_state': abstract_state.opt_state}, sharding)),
             meta=ocp.args.JsonRestore())
+        abstract_ema = abstract_state.ema
       else:
-        args = ocp.args.Composite(
-            model=ocp.args.StandardRestore(_abstract(abstract_model, sharding)),
-            meta=ocp.args.JsonRestore())
-      out = mngr.restore(s, args=args)
+        items = dict(model=ocp.args.StandardRestore(_abstract(abstract_model, sharding)),
+                     meta=ocp.args.JsonRestore())
+      if abstract_ema is not None:
+        items['ema'] = ocp.args.StandardRestore(_abstract({'params': abstract_ema}, sharding))
+      out = mngr.restore(s, args=ocp.args.Composite(**items))
       meta = dict(out['meta'])
       if meta.get('step') != s:
         raise ValueError(f'meta step {meta.get("step")} != directory step {s}')
+      ema = out['ema']['params'] if abstract_ema is not None else None
       if abstract_state is None:
-        return out['model'], meta
+        return {**out['model'], **({'ema': ema} if ema is not None else {})}, meta
       return steps_lib.TrainState(
           step=np.int32(s) if sharding is None else
           jax.make_array_from_process_local_data(sharding, np.int32(s)),
           params=out['model']['params'], batch_stats=out['model']['batch_stats'],
-          opt_state=out['opt']['opt_state']), meta
+          opt_state=out['opt']['opt_state'], ema=ema), meta
     except Exception as e:  # pylint: disable=broad-except
       # Any failure to read a step (truncated files, missing items) counts as damage.
       msg = f'{type(e).__name__}: {str(e)[:300]}'

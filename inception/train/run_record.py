@@ -38,7 +38,7 @@ RECORD = 'run.json'
 MANIFEST = 'data_manifest.json'
 # Config keys that evaluation and prediction may change: how batches are formed and fed, never
 # the model, its input or its data. Any other difference from the record is refused.
-EVAL_OVERRIDABLE = ('eval.batch_size', 'data.num_parallel_calls', 'data.prefetch',
+EVAL_OVERRIDABLE = ('eval.batch_size', 'eval.tta', 'data.num_parallel_calls', 'data.prefetch',
                     'data.deterministic')
 
 
@@ -158,8 +158,11 @@ def merge(record: RunRecord, given: ml_collections.ConfigDict | None
   if given is None:
     return config
   mine, theirs = _flat(config), _flat(given)
+  # A key the record lacks was added to the project after the run was trained; its default is
+  # the behaviour the run had (every new knob defaults to the earlier behaviour), and the
+  # run's config, not `given`, is what eval uses: not a mismatch.
   refused = [k for k in sorted(set(mine) | set(theirs))
-             if k not in EVAL_OVERRIDABLE and mine.get(k, '<absent>') != theirs.get(k, '<absent>')]
+             if k not in EVAL_OVERRIDABLE and k in mine and mine[k] != theirs.get(k, '<absent>')]
   if refused:
     shown = '; '.join(f'{k}: run {mine.get(k, "<absent>")!r}, --config '
                       f'{theirs.get(k, "<absent>")!r}' for k in refused[:8])

@@ -28,19 +28,35 @@ from inception.train import sharding
 from inception.train import xla_options
 
 
+TTA_MODES = ('none', 'flip')
+
+
 @flax.struct.dataclass
 class TrainState:
-  """Everything needed to resume: step (int32 scalar), params, batch_stats, opt_state."""
+  """Everything needed to resume: step (int32 scalar), params, batch_stats, opt_state, and
+  ema: the exponential moving average of the trainable params (their subtree), or None."""
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  ema: Any = None
 
 
-def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(variables['params']))
+def create_state(variables: dict, tx: optax.GradientTransformation, *, mask: Any = None,
+                 ema: bool = False) -> TrainState:
+  """The state at step 0; with `ema`, the average starts at the trainable params (`mask`)."""
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    ema=param_rules.split(params, mask)[0] if ema else None)
+
+
+def eval_params(state: TrainState, mask: Any) -> Any:
+  """The params evaluation uses: the EMA of the trainable ones (frozen ones as they are) when
+  the state keeps one, else the params."""
+  if state.ema is None:
+    return state.params
+  return param_rules.merge(state.ema, param_rules.split(state.params, mask)[1])
 
 
 def loss_and_correct(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
@@ -84,14 +100,15 @@ def _options(compiler_options: dict | None) -> dict:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
                     train_blocks: Collection[str] = (), label_smoothing: float = 0.0,
-                    guard_nonfinite: bool = True,
+                    ema_decay: float = 0.0, guard_nonfinite: bool = True,
                     state_sharding: Any = None, batch_sharding: Any = None,
                     donate: bool = True, compiler_options: dict | None = None) -> Callable:
   """Jitted `step(state, batch, base_key) -> (state, metrics)`.
 
   batch: {'image': float [B, H, W, 3], 'label': int [B]}; with `model` a `transfer.HeadOnly`
   (the feature cache), 'image' holds cut-layer features [B, h, w, C] and the frozen backbone
-  params pass through. label_smoothing: of the loss (`loss_and_correct`). metrics: scalars
+  params pass through. label_smoothing: of the loss (`loss_and_correct`). ema_decay: with a
+  state that keeps an EMA, ema <- d * ema + (1 - d) * params after each update. metrics: scalars
   'loss' (the smoothed one when smoothing), 'accuracy' (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
   update was then skipped when `guard_nonfinite`). With shardings given, the state is laid out
   with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
@@ -119,7 +136,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
 
     (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
 
-    def update(trainable, opt_state, batch_stats, grads, stats):
+    def update(trainable, opt_state, batch_stats, ema, grads, stats):
       # Frozen leaves need a gradient leaf for multi_transform's tree; set_to_zero drops it,
       # and these constant zeros are dead code after compilation.
       full_grads = param_rules.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
@@ -132,24 +149,26 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
         for block in train_blocks:
           backbone[block] = stats['backbone'][block]
         batch_stats = {**batch_stats, 'backbone': backbone}
-      return trainable, opt_state, batch_stats
+      if ema is not None:
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, trainable)
+      return trainable, opt_state, batch_stats, ema
 
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    operands = (trainable, state.opt_state, state.batch_stats, grads, stats)
+    operands = (trainable, state.opt_state, state.batch_stats, state.ema, grads, stats)
     if guard_nonfinite:
       # A conditional rather than a select of new vs old values: the update then writes the
       # donated buffers in place (a select keeps the old optimizer state alive, which costs
       # XLA a copy of it; measured in docs/performance.md). Not
       # optax.apply_if_finite (also a lax.cond): it guards the optimizer alone, and the
       # BatchNorm statistics of `train_blocks` must be skipped with the same batch.
-      new_trainable, opt_state, batch_stats = jax.lax.cond(
-          finite, update, lambda t, o, b, *_: (t, o, b), *operands)
+      new_trainable, opt_state, batch_stats, ema = jax.lax.cond(
+          finite, update, lambda t, o, b, e, *_: (t, o, b, e), *operands)
     else:
-      new_trainable, opt_state, batch_stats = update(*operands)
+      new_trainable, opt_state, batch_stats, ema = update(*operands)
     new_state = TrainState(step=state.step + 1,
                            params=param_rules.merge(new_trainable, frozen),
-                           batch_stats=batch_stats, opt_state=opt_state)
+                           batch_stats=batch_stats, opt_state=opt_state, ema=ema)
     metrics = {'loss': loss, 'accuracy': acc, 'nonfinite': (~finite).astype(jnp.int32)}
     return new_state, metrics
 
@@ -161,23 +180,60 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
                  compiler_options=_options(compiler_options), **kwargs)
 
 
-def make_eval_step(model: nn.Module, num_classes: int, *, replicated: Any = None,
-                   batch_sharding: Any = None, compiler_options: dict | None = None
-                   ) -> Callable:
+def log_probabilities(logits: jax.Array) -> jax.Array:
+  """[B, K] log class probabilities (K = 2 for a 1-logit binary head), computed stably."""
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    return jnp.stack([jax.nn.log_sigmoid(-logits[:, 0]), jax.nn.log_sigmoid(logits[:, 0])],
+                     axis=-1)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def check_tta(tta: str) -> None:
+  if tta not in TTA_MODES:
+    raise ValueError(f'config.eval.tta={tta!r} is not valid; valid: {", ".join(TTA_MODES)}')
+
+
+def views(images: jax.Array, tta: str) -> list[jax.Array]:
+  """The test-time views of images [B, H, W, C]: 'none' the images, 'flip' also their mirror
+  images (left-right, the training augmentation's flip)."""
+  check_tta(tta)
+  return [images] if tta == 'none' else [images, jnp.flip(images, axis=2)]
+
+
+def tta_log_probabilities(model: nn.Module, variables: Any, images: jax.Array, tta: str
+                          ) -> jax.Array:
+  """log of the mean over `views` of the class probabilities, [B, K]."""
+  logps = [log_probabilities(model.apply(variables, v, train=False)) for v in views(images, tta)]
+  return jax.nn.logsumexp(jnp.stack(logps), axis=0) - jnp.log(float(len(logps)))
+
+
+def make_eval_step(model: nn.Module, num_classes: int, *, tta: str = 'none',
+                   replicated: Any = None, batch_sharding: Any = None,
+                   compiler_options: dict | None = None) -> Callable:
   """Jitted `eval_step(variables, batch) -> sums`.
 
   batch: {'image', 'label', 'mask': bool [B]} (padded examples have mask False); 'image' is
-  features for a `transfer.HeadOnly` model.
+  features for a `transfer.HeadOnly` model (then only tta='none').
+  tta: 'flip' scores the mean of the image's and its mirror image's class probabilities: loss
+  -log p(label), prediction its argmax.
   sums: 'loss' and 'correct' summed over real examples, 'count', and 'confusion'
   int32 [K, K] (rows: true class, columns: predicted class).
   """
   k = max(num_classes, 2)
+  check_tta(tta)  # Now, not at the first batch.
 
   def eval_step(variables, batch):
-    logits = model.apply(variables, batch['image'], train=False)
-    loss, correct = loss_and_correct(logits, batch['label'])
+    if tta == 'none':
+      logits = model.apply(variables, batch['image'], train=False)
+      loss, correct = loss_and_correct(logits, batch['label'])
+      pred = jnp.argmax(probabilities(logits), axis=-1)
+    else:
+      logp = tta_log_probabilities(model, variables, batch['image'], tta)
+      loss = -jnp.take_along_axis(logp, batch['label'][:, None].astype(jnp.int32), 1)[:, 0]
+      pred = jnp.argmax(logp, axis=-1)
+      correct = (pred == batch['label']).astype(jnp.float32)
     m = batch['mask'].astype(jnp.float32)
-    pred = jnp.argmax(probabilities(logits), axis=-1)
     conf = jnp.einsum('bi,bj->ij', jax.nn.one_hot(batch['label'], k) * m[:, None],
                       jax.nn.one_hot(pred, k)).astype(jnp.int32)
     return {'loss': jnp.sum(loss * m), 'correct': jnp.sum(correct * m),
@@ -189,13 +245,17 @@ def make_eval_step(model: nn.Module, num_classes: int, *, replicated: Any = None
   return jax.jit(eval_step, compiler_options=_options(compiler_options), **kwargs)
 
 
-def make_predict_step(model: nn.Module, *, replicated: Any = None,
+def make_predict_step(model: nn.Module, *, tta: str = 'none', replicated: Any = None,
                       batch_sharding: Any = None, compiler_options: dict | None = None
                       ) -> Callable:
-  """Jitted `predict_step(variables, images) -> probabilities [B, K]` (K >= 2)."""
+  """Jitted `predict_step(variables, images) -> probabilities [B, K]` (K >= 2); tta='flip':
+  the mean of the image's and its mirror image's (see `make_eval_step`)."""
+  check_tta(tta)
 
   def predict_step(variables, images):
-    return probabilities(model.apply(variables, images, train=False))
+    if tta == 'none':
+      return probabilities(model.apply(variables, images, train=False))
+    return jnp.exp(tta_log_probabilities(model, variables, images, tta))
 
   kwargs = {}
   if replicated is not None:

@@ -148,7 +148,8 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
   tx = optim.make(config.optimizer, variables['params'], steps_per_epoch=spe,
                   total_steps=config.train.epochs * spe)
   mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
-  state = sharding.replicate(steps_lib.create_state(variables, tx), mesh)
+  state = sharding.replicate(steps_lib.create_state(
+      variables, tx, mask=mask, ema=bool(config.train.ema_decay)), mesh)
   return Setup(info, model, tx, mask, state, mesh, provenance, class_names)
 
 
@@ -202,6 +203,8 @@ def validate_config(config: ml_collections.ConfigDict, *, workdir: str | Path | 
   checks.choice('train.loss', t.loss, LOSSES)
   checks.choice('train.on_nonfinite', t.on_nonfinite, NONFINITE)
   checks.number('train.label_smoothing', t.label_smoothing, lo=0, hi=1, hi_open=True)
+  checks.number('train.ema_decay', t.ema_decay, lo=0, hi=1, hi_open=True)
+  steps_lib.check_tta(config.eval.tta)
   checks.number('train.log_every_steps', t.log_every_steps, lo=1, integer=True)
   checks.number('train.eval_every_epochs', t.eval_every_epochs, lo=1, integer=True)
   checks.number('train.prefetch_to_device', t.prefetch_to_device, lo=1, integer=True)
@@ -376,6 +379,7 @@ class _Loop:
         start_step, best
     self.total_steps = config.train.epochs * steps_per_epoch
     self.mesh, self.writer, self.preemption = setup.mesh, None, preemption
+    self.mask = setup.mask
     repl, dsh = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
     # With the feature cache the steps run the head alone on cached cut-layer features (the
     # batches' 'image'); state, optimizer, dropout keys and batch order are the same.
@@ -383,7 +387,8 @@ class _Loop:
     step_model = setup.model if self.cache is None else transfer.HeadOnly(setup.model)
     self.train_step = steps_lib.make_train_step(
         step_model, setup.tx, setup.mask, train_blocks=config.model.batchnorm_train_blocks,
-        label_smoothing=config.train.label_smoothing, guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
+        label_smoothing=config.train.label_smoothing, ema_decay=config.train.ema_decay,
+        guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
     self.eval_step = steps_lib.make_eval_step(step_model, len(setup.class_names),
                                               replicated=repl, batch_sharding=dsh)
     self.base_key = sharding.replicate(
@@ -394,9 +399,10 @@ class _Loop:
     kw = dict(split=split, batch_size=self.config.eval.batch_size, **self.shard)
     batches = data.eval_batches(self.info, self.config.data, **kw) if self.cache is None \
         else self.cache.eval_batches(**kw)
-    return steps_lib.evaluate_batches(
-        self.eval_step, {'params': state.params, 'batch_stats': state.batch_stats}, batches,
-        self.mesh)
+    # With train.ema_decay the EMA is what is evaluated (and so what `best` selects).
+    variables = {'params': steps_lib.eval_params(state, self.mask),
+                 'batch_stats': state.batch_stats}
+    return steps_lib.evaluate_batches(self.eval_step, variables, batches, self.mesh)
 
   def run(self, carried: list[dict], progress_bars: bool) -> None:
     tc = self.config.train
