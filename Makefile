@@ -7,6 +7,9 @@ CONFIG ?= configs/dog_horse.py
 ARGS   ?=
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k weights"`.
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per CPU (the subprocess-heavy tests mostly wait on their children,
+# so two workers on 2 cores take about half the serial time). TEST_JOBS=0 runs serially.
+TEST_JOBS ?= auto
 
 .PHONY: venv weights train test bench clean
 
@@ -27,7 +30,7 @@ train: weights
 	$(PY) train.py --config $(CONFIG) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
