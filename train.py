@@ -3,7 +3,7 @@
     python train.py --config configs/dog_horse.py                 # train (resumes if rerun)
     python train.py --config configs/dog_horse.py --config.optimizer.lr=3e-4
     python train.py --config configs/ablations.py:cut=mixed6,preprocess=inception
-    python train.py --workdir W --mode=eval --checkpoint=best --split=test
+    python train.py --workdir W --mode=eval --checkpoint=best --split=test [--tta=flip]
     python train.py --workdir W --mode=eval --eval_dir=/path/<class>/...
     python train.py --workdir W --mode=predict --inputs=a.jpg,photos/ --output=preds.csv
 
@@ -44,6 +44,9 @@ flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'eval: the spli
 flags.DEFINE_string('eval_dir', None, 'eval: a class-folder tree to evaluate instead.')
 flags.DEFINE_string('data_root', None, 'eval --split: the run\'s restructured subset if it was '
                     'moved (its files are checked against the recorded sha256).')
+flags.DEFINE_enum('tta', None, ['none', 'flip'], 'eval/predict: test-time augmentation '
+                  '(default: the run\'s eval.tta); flip = mean of each image\'s and its '
+                  'mirror\'s probabilities.')
 flags.DEFINE_list('inputs', [], 'predict: image files and/or folders.')
 flags.DEFINE_string('output', None, 'predict: CSV file for the predictions.')
 flags.DEFINE_bool('multihost', False, 'Multi-process job: call jax.distributed.initialize(), '
@@ -191,11 +194,11 @@ def main(argv) -> int:
       from inception.tools import evaluate  # pylint: disable=g-import-not-at-top
       evaluate.evaluate(workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                         eval_dir=FLAGS.eval_dir, data_root=FLAGS.data_root, config=config,
-                        log=log)
+                        tta=FLAGS.tta, log=log)
     else:
       from inception.tools import predict  # pylint: disable=g-import-not-at-top
       predict.predict(workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
-                      output=FLAGS.output, config=config, log=log)
+                      output=FLAGS.output, config=config, tta=FLAGS.tta, log=log)
   except trainer.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3

@@ -135,6 +135,10 @@ def test_tta_at_evaluation_is_recorded_and_gets_its_own_file(ema_run, tmp_path):
   assert out['tta'] == 'flip' and logs[-1].endswith(f'(n={out["count"]}, tta=flip)')
   plain = evaluate.evaluate(wd, split='test', log=lambda _: None)
   assert plain['tta'] == 'none'
+  # train.py's --tta: the same evaluation as the --config route.
+  again = evaluate.evaluate(wd, split='test', tta='flip', log=lambda _: None)
+  assert (again['tta'], again['loss'], again['accuracy']) == ('flip', out['loss'],
+                                                              out['accuracy'])
   files = sorted(p.name for p in (wd / 'eval').glob('test_latest_step6*.json')
                  if 'confusion' not in p.name)
   assert files == ['test_latest_step6.json', 'test_latest_step6_tta-flip.json']

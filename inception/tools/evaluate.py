@@ -85,17 +85,21 @@ def _checkpoint_dir(workdir: Path, checkpoint: str) -> tuple[Path, int | None]:
 
 
 def restore(workdir: str | Path, checkpoint: str = 'latest', *,
-            config: ml_collections.ConfigDict | None = None,
+            config: ml_collections.ConfigDict | None = None, tta: str | None = None,
             log: Callable[[str], None] = print) -> Restored:
   """The run in `workdir` with `checkpoint` = 'latest' | 'best' | a step number restored.
 
   config: optional --config; only `run_record.EVAL_OVERRIDABLE` keys may differ from the run's.
+  tta: eval.tta for this evaluation (e.g. train.py's --tta), over the run's and `config`'s.
   Raises FileNotFoundError (no run record), ValueError (a refused config key) or
   NoCheckpointError (with the directory and what exists).
   """
   workdir = Path(workdir)
   record = run_record.load(workdir)
   config = run_record.merge(record, config)
+  if tta is not None:
+    steps_lib.check_tta(tta)
+    config.eval.tta = tta
   if record.is_synthetic:
     log(record.data['banner'])
   directory, step = _checkpoint_dir(workdir, checkpoint)
@@ -172,19 +176,19 @@ def _output_stem(workdir: Path, what: str, checkpoint: str, step: int, tta: str)
 
 def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'validation',
              eval_dir: str | None = None, data_root: str | None = None,
-             config: ml_collections.ConfigDict | None = None,
+             config: ml_collections.ConfigDict | None = None, tta: str | None = None,
              log: Callable[[str], None] = print) -> dict:
   """Loss, accuracy, count and confusion matrix of a checkpoint on `split` or `eval_dir`.
 
   split: 'validation' | 'test', the files the run's manifest lists (checked by sha256) under
     the recorded subset root, or under `data_root` when the subset was moved.
   eval_dir: instead, a class-folder tree `<eval_dir>/<class name>/*` with the run's classes.
-  config: optional --config (see `restore`).
+  config, tta: optional --config and --tta (see `restore`).
   Returns the dict written to the eval JSON.
   Raises FileNotFoundError / ValueError naming a missing or changed file.
   """
   workdir = Path(workdir)
-  r = restore(workdir, checkpoint, config=config, log=log)
+  r = restore(workdir, checkpoint, config=config, tta=tta, log=log)
   repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
   if eval_dir:
     root = Path(eval_dir)

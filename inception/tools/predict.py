@@ -20,17 +20,17 @@ from inception.train import steps as steps_lib
 
 def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'latest',
             output: str | None = None, config: ml_collections.ConfigDict | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
+            tta: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
   """One row per readable image: {'path', 'class', 'probability', 'p_<class>'...}.
 
   inputs: image files and/or folders (searched recursively). output: CSV path, or None; beside
   it `<output>.json` records the run, checkpoint, step, classes and whether the run was
   trained on synthetic data. config: optional --config (eval keys only, as `evaluate`;
-  eval.tta='flip' averages each image's and its mirror image's probabilities).
+  eval.tta='flip', or `tta`, averages each image's and its mirror image's probabilities).
   """
   if not inputs:
     raise ValueError('--inputs is empty: pass image files or folders to predict')
-  r = evaluate.restore(workdir, checkpoint, config=config, log=log)
+  r = evaluate.restore(workdir, checkpoint, config=config, tta=tta, log=log)
   repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
   tta = evaluate.tta_of(r.config)
   step = steps_lib.make_predict_step(r.model, tta=tta, replicated=repl, batch_sharding=dsh)
