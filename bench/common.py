@@ -147,3 +147,24 @@ def random_images(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> np.ndarray:
   """[n, size, size, 3] float32 in [0, 1] (already `rescale`d), and labels [n] in {0, 1}."""
   rng = np.random.default_rng(seed)
   return rng.uniform(0.0, 1.0, (n, size, size, 3)).astype(np.float32)
+
+
+def seed_train_setup(variables_backbone: dict) -> tuple[Any, Any, Callable, Any]:
+  """(config, model, jitted train step, state): the project's seed recipe (configs/dog_horse)
+  on the given backbone variables, IMAGE_SIZE inputs; compiled with XLA's defaults (callers
+  lower it and compile with other options as they compare)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import dog_horse  # pylint: disable=g-import-not-at-top
+  from inception.models import transfer  # pylint: disable=g-import-not-at-top
+  from inception.train import optim  # pylint: disable=g-import-not-at-top
+  from inception.train import param_rules  # pylint: disable=g-import-not-at-top
+  from inception.train import steps  # pylint: disable=g-import-not-at-top
+  config = dog_horse.get_config()
+  model = transfer.from_config(config, num_classes=2)
+  variables = transfer.init_variables(model, IMAGE_SIZE, seed=0)
+  variables = transfer.replace_backbone(variables, variables_backbone)
+  tx = optim.make(config.optimizer, variables['params'])
+  mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
+  step = steps.make_train_step(model, tx, mask, donate=True, compiler_options={})
+  state = steps.create_state(jax.device_put(variables), tx)
+  return config, model, step, state

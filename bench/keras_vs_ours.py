@@ -100,25 +100,6 @@ def bench_forward(keras_features, variables, batches, repeats: int, peak: float)
   return out
 
 
-def _ours_train_setup(variables_backbone):
-  """The project's transfer model, optimizer, mask and jitted train step, seed recipe config."""
-  from configs import dog_horse
-  from inception.train import optim
-  from inception.train import param_rules
-  from inception.train import steps
-  from inception.models import transfer
-  config = dog_horse.get_config()
-  model = transfer.from_config(config, num_classes=2)
-  variables = transfer.init_variables(model, SIZE, seed=0)
-  variables = transfer.replace_backbone(variables, variables_backbone)
-  tx = optim.make(config.optimizer, variables['params'])
-  mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
-  # XLA's default options here; bench_train compiles it both ways.
-  step = steps.make_train_step(model, tx, mask, donate=True, compiler_options={})
-  state = steps.create_state(jax.device_put(variables), tx)
-  return config, model, step, state
-
-
 def _our_augmented_batches(x_uint8: np.ndarray, y: np.ndarray, config) -> tf.data.Dataset:
   """Infinite augmented, rescaled batches of 20 from in-memory arrays, prefetched."""
   from data import augment
@@ -145,7 +126,8 @@ def bench_train(keras_model, keras_features, variables, repeats: int, steps_per_
   y = (np.arange(n) % 2).astype(np.int32)
   flow = keras_models.augmentation(rescale=1 / 255).flow(x_uint8.astype(np.float32), y,
                                                          batch_size=BATCH, seed=0)
-  config, _, step, state = _ours_train_setup(variables)
+  # Compiled with XLA's defaults; lowered again below with the project's options.
+  config, _, step, state = common.seed_train_setup(variables)
   batches = _our_augmented_batches(x_uint8, y, config).as_numpy_iterator()
   key = jax.random.key(0)
   holder = {'state': state}
