@@ -1,4 +1,4 @@
-"""All ten Animals-10 classes with the better recipe (configs/dog_horse_best.py), softmax head.
+"""All ten Animals-10 classes with the better recipe (configs/dog_horse_299.py), softmax head.
 
     ANIMALS10_DIR=/path/to/animals10 python train.py --config configs/animals10.py
     python train.py --config configs/animals10.py:images_per_class=1446   # every elefante image
@@ -14,11 +14,11 @@ never synthetic data). Only with no data set found at all and no path given does
 the 10-class synthetic stripes set (`data.synthetic.num_classes=10`), with the `!!! SYNTHETIC
 DATA` banner (`data.fallback_to_synthetic`, as every animals10 config).
 
-The recipe is dog_horse_best's: the `inception` preprocessing, no augmentation (so the feature
-cache runs the frozen backbone once per split and the epochs train the head alone), frozen mixed7
-cut -> global average pool -> Dense(1024, relu) -> Dropout(0.5) -> Dense(10) with softmax
-cross-entropy (train.loss='auto' picks it for > 2 classes), RMSprop 1e-3, batch 20, 10 epochs,
-150 px. Like the seed, 500 images per class (config arg `images_per_class`) split 450/50
+The recipe is dog_horse_299's (dog_horse_best's at 299 px): the `inception` preprocessing, no
+augmentation (so the feature cache runs the frozen backbone once per split and the epochs train
+the head alone, on pooled features: 768 floats an image), frozen mixed7 cut -> global average
+pool -> Dense(1024, relu) -> Dropout(0.5) -> Dense(10) with softmax cross-entropy
+(train.loss='auto' picks it for > 2 classes), RMSprop 1e-3, batch 20, 10 epochs, 299 px. Like the seed, 500 images per class (config arg `images_per_class`) split 450/50
 (validation_fraction 0.1): 4500 train and 500 validation images, 225 steps an epoch; each class's
 other images are the test split (21,179 of Kaggle's 26,179 by its published counts, unbalanced:
 4363 dogs, 946 elephants). `images_per_class=1446` (Kaggle's smallest class, elefante) uses
@@ -41,7 +41,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
-from configs import dog_horse_best
+from configs import dog_horse_299
 
 # Kaggle's Italian folders in sorted order, as English names (data/sources/animals10.py maps
 # them): cane, cavallo, elefante, farfalla, gallina, gatto, mucca, pecora, ragno, scoiattolo.
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """arg: 'images_per_class=N' (train + validation images per class; default 500, the seed's;
   1446 = every image of Kaggle's smallest class)."""
   a = common.parse_arg(arg, images_per_class=500)
-  c = dog_horse_best.get_config()
+  c = dog_horse_299.get_config()
   d = c.data
   d.source = 'animals10'
   d.classes = CLASSES

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import animals10
-from configs import dog_horse_best
+from configs import dog_horse_299
 from configs import validate
 from data import config as data_config
 from data import dataset
@@ -45,8 +45,8 @@ def test_config_is_ten_classes_with_the_better_recipe():
   assert tuple(animals10_source.ENGLISH_TO_ITALIAN[n] for n in d.classes) == ITALIAN
   assert (d.images_per_class, d.validation_fraction, d.test_per_class) == (500, 0.1, -1)
   assert d.synthetic.num_classes == 10 and d.fallback_to_synthetic
-  # The better recipe's choices, as configs/dog_horse_best.py has them.
-  best = dog_horse_best.get_config()
+  # The better recipe's choices, as configs/dog_horse_299.py has them.
+  best = dog_horse_299.get_config()
   for key in ('data.preprocess', 'data.augment.enabled', 'data.image_size', 'model.cut',
               'model.head', 'model.dropout', 'model.dense_units', 'model.weights',
               'optimizer.name', 'optimizer.lr', 'optimizer.param_rules', 'train.epochs',
