@@ -30,8 +30,9 @@ Result: not run on the real ten-class data: this machine holds only dog and hors
 elefante/ and seven other folders are missing; no Animals-10 accuracy is claimed. Without any
 data (`make train CONFIG=configs/animals10.py`, the synthetic fallback: 10 stripe orientations 18
 degrees apart, 108/12/30 train/validation/test images a class, tf2015 weights) it ran here in
-~2 min on the shared 2-core CPU: last epoch train accuracy 0.630, validation 0.567 (loss 1.119),
-test 0.563 (300 images; chance 0.1): a check of the ten-class pipeline, not of the recipe.
+~9 min on the shared, busy 2-core CPU (mostly the 299 px features): last epoch train accuracy
+0.556, validation 0.500 (loss 1.204), test 0.483 (300 images; chance 0.1): a check of the
+ten-class pipeline, not of the recipe.
 tests/test_animals10_config.py trains it on a tiny 10-class synthetic set (a 10-logit softmax
 head, 10x10 confusion matrices, eval and predict from the workdir alone).
 """
