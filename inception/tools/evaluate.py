@@ -122,8 +122,7 @@ def restore(workdir: str | Path, checkpoint: str = 'latest', *,
   finally:
     mngr.close()
   if ema_decay:
-    variables = {'params': param_rules.merge(variables.pop('ema'),
-                                             param_rules.split(variables['params'], mask)[1]),
+    variables = {'params': steps_lib.with_ema(variables['params'], variables['ema'], mask),
                  'batch_stats': variables['batch_stats']}
   log(f'Restored {directory}/{meta["step"]} (epoch {meta.get("epoch")})'
       + (f'; evaluating its EMA parameters (train.ema_decay={ema_decay}).' if ema_decay else '.'))

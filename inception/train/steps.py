@@ -56,7 +56,12 @@ def eval_params(state: TrainState, mask: Any) -> Any:
   the state keeps one, else the params."""
   if state.ema is None:
     return state.params
-  return param_rules.merge(state.ema, param_rules.split(state.params, mask)[1])
+  return with_ema(state.params, state.ema, mask)
+
+
+def with_ema(params: Any, ema: Any, mask: Any) -> Any:
+  """`params` with their trainable (`mask`) leaves replaced by the moving average `ema`."""
+  return param_rules.merge(ema, param_rules.split(params, mask)[1])
 
 
 def loss_and_correct(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
