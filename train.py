@@ -36,8 +36,9 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally `path.py:k=v,k=v`. '
                                 'Required to train; eval/predict read the run\'s own.',
                                 lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run directory (default: workdirs/<config stem>[_<arg>]). '
-                    'Required for eval/predict without --config.')
+flags.DEFINE_string('workdir', None, 'Run directory, a local path or a URI such as gs://b/run '
+                    '(default: workdirs/<config stem>[_<arg>]). Required for eval/predict '
+                    'without --config.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
 flags.DEFINE_string('checkpoint', 'latest', 'eval/predict: latest | best | STEP.')
 flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'eval: the split.')
@@ -164,7 +165,8 @@ def main(argv) -> int:
     raw_flag = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')),
                     config_arg)
   if FLAGS.workdir:
-    workdir = Path(FLAGS.workdir)
+    from inception import paths  # pylint: disable=g-import-not-at-top
+    workdir = paths.as_path(FLAGS.workdir)  # A local folder or a URI (gs://bucket/run).
   elif raw_flag:
     workdir = default_workdir(raw_flag)
   else:

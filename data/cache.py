@@ -12,8 +12,18 @@ from typing import Any, Iterator
 
 
 def cache_dir() -> pathlib.Path:
-  """$INCEPTION_FLAX_CACHE, else $XDG_CACHE_HOME/inception-flax, else ~/.cache/inception-flax."""
+  """$INCEPTION_FLAX_CACHE, else $XDG_CACHE_HOME/inception-flax, else ~/.cache/inception-flax.
+
+  Raises:
+    ValueError: $INCEPTION_FLAX_CACHE is a URI (gs://...): the cache must be local (file
+      locks, memory-mapped features, image folders read in place).
+  """
   if os.environ.get('INCEPTION_FLAX_CACHE'):
+    if '://' in os.environ['INCEPTION_FLAX_CACHE']:
+      raise ValueError(f'$INCEPTION_FLAX_CACHE={os.environ["INCEPTION_FLAX_CACHE"]} is a URI, '
+                       'but the cache must be a local folder (file locks, memory-mapped '
+                       'features, image folders read in place); point it at a local disk '
+                       '(only the workdir may be a URI)')
     return pathlib.Path(os.environ['INCEPTION_FLAX_CACHE']).expanduser()
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
   return pathlib.Path(base) / 'inception-flax'

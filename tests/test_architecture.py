@@ -14,6 +14,7 @@ PACKAGES = ('configs', 'data', 'inception')
 FORBIDDEN = {
     'data': ('inception', 'configs'),
     'inception': ('configs',),
+    'inception.paths': ('inception', 'data'),  # A leaf: every other package may use it.
     'inception.models': ('inception.train', 'inception.tools'),
     'inception.weights': ('inception.train', 'inception.tools'),
     'inception.train': ('inception.tools',),

@@ -26,11 +26,14 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
+from inception import paths
 
 COLUMNS = ('variant', 'seed', 'best_val_accuracy', 'best_val_loss', 'final_val_accuracy',
            'final_val_loss', 'train_accuracy', 'train_loss', 'test_accuracy', 'epochs',
@@ -101,23 +104,20 @@ def _markdown(rows: Sequence[dict], columns: Sequence[str], fmt=_fmt) -> list[st
   return lines + ['| ' + ' | '.join(fmt(r[c], c) for c in columns) + ' |' for r in rows]
 
 
-def write_tables(rows: Sequence[dict], workdir: Path) -> None:
+def write_tables(rows: Sequence[dict], workdir: os.PathLike) -> None:
   """results.csv and results.md of `rows` (each replaced atomically: runners may race)."""
-  from inception import weights  # pylint: disable=g-import-not-at-top  # its atomic_write
   table = io.StringIO(newline='')
   w = csv.DictWriter(table, fieldnames=COLUMNS)
   w.writeheader()
   w.writerows(rows)
-  with weights.atomic_write(workdir / 'results.csv') as f:
-    f.write(table.getvalue().encode())
+  paths.write_text(workdir / 'results.csv', table.getvalue())
   lines = _markdown(rows, COLUMNS)
   lines += ['', 'Mean +- std over seeds:', '']
   lines += _markdown(summary_rows(rows), ('variant', 'seeds') + SUMMARY_COLUMNS,
                      fmt=lambda v, _: str(v))
   if any(r['synthetic'] for r in rows):
     lines.insert(0, '**SYNTHETIC DATA in some runs (synthetic=True): not Animals-10.**\n')
-  with weights.atomic_write(workdir / 'results.md') as f:
-    f.write(('\n'.join(lines) + '\n').encode())
+  paths.write_text(workdir / 'results.md', '\n'.join(lines) + '\n')
 
 
 def share(runs: Sequence[tuple[str, int]], task_index: int | None, num_tasks: int | None
@@ -133,7 +133,7 @@ def share(runs: Sequence[tuple[str, int]], task_index: int | None, num_tasks: in
   return list(runs)[task_index::num_tasks]
 
 
-def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None = None,
+def run(config_path: str, workdir: str | os.PathLike, *, variants: Sequence[str] | None = None,
         seeds: Sequence[int] = (0,), task_index: int | None = None,
         num_tasks: int | None = None, log: Callable[[str], None] = print,
         progress_bars: bool = True) -> list[dict]:
@@ -149,7 +149,7 @@ def run(config_path: str, workdir: str | Path, *, variants: Sequence[str] | None
     raise ValueError(f'--variants {unknown} unknown; valid: {", ".join(all_variants)}')
   runs = [(v, s) for v in variants for s in seeds]
   mine = share(runs, task_index, num_tasks)
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   summary_of = lambda v, s: workdir / f'{v}_seed{s}' / 'summary.json'
   for variant, seed in mine:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -28,10 +29,12 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 import data
 from data import restructure
 from inception import checks
+from inception import paths
 from inception.train import checkpoints
 from inception.train import param_rules
 from inception.train import reporting
@@ -72,7 +75,7 @@ def validate_overrides(config: ml_collections.ConfigDict) -> None:
   steps_lib.check_tta(config.eval.tta)
 
 
-def _checkpoint_dir(workdir: Path, checkpoint: str) -> tuple[Path, int | None]:
+def _checkpoint_dir(workdir: epath.Path, checkpoint: str) -> tuple[epath.Path, int | None]:
   if checkpoint == 'best':
     return workdir / 'best', None
   if checkpoint == 'latest':
@@ -84,7 +87,7 @@ def _checkpoint_dir(workdir: Path, checkpoint: str) -> tuple[Path, int | None]:
                      ) from None
 
 
-def restore(workdir: str | Path, checkpoint: str = 'latest', *,
+def restore(workdir: str | os.PathLike, checkpoint: str = 'latest', *,
             config: ml_collections.ConfigDict | None = None, tta: str | None = None,
             log: Callable[[str], None] = print) -> Restored:
   """The run in `workdir` with `checkpoint` = 'latest' | 'best' | a step number restored.
@@ -94,7 +97,7 @@ def restore(workdir: str | Path, checkpoint: str = 'latest', *,
   Raises FileNotFoundError (no run record), ValueError (a refused config key) or
   NoCheckpointError (with the directory and what exists).
   """
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   record = run_record.load(workdir)
   config = run_record.merge(record, config)
   if tta is not None:
@@ -168,12 +171,13 @@ def tta_of(config: ml_collections.ConfigDict) -> str:
   return config.eval.get('tta', 'none')
 
 
-def _output_stem(workdir: Path, what: str, checkpoint: str, step: int, tta: str) -> Path:
+def _output_stem(workdir: epath.Path, what: str, checkpoint: str, step: int, tta: str
+                 ) -> epath.Path:
   label = f'{checkpoint}_step{step}' if checkpoint in ('latest', 'best') else f'step{step}'
   return workdir / 'eval' / (f'{what}_{label}' + ('' if tta == 'none' else f'_tta-{tta}'))
 
 
-def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'validation',
+def evaluate(workdir: str | os.PathLike, *, checkpoint: str = 'latest', split: str = 'validation',
              eval_dir: str | None = None, data_root: str | None = None,
              config: ml_collections.ConfigDict | None = None, tta: str | None = None,
              log: Callable[[str], None] = print) -> dict:
@@ -186,10 +190,11 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
   Returns the dict written to the eval JSON.
   Raises FileNotFoundError / ValueError naming a missing or changed file.
   """
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   r = restore(workdir, checkpoint, config=config, tta=tta, log=log)
   repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
   if eval_dir:
+    paths.require_local(eval_dir, '--eval_dir', 'images are listed and read in place')
     root = Path(eval_dir)
     files, identity = _folder_files(root, r.record.class_names)
     slug = re.sub(r'[^A-Za-z0-9._-]+', '_', root.absolute().name) or 'root'
@@ -201,14 +206,14 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
     if not manifest['splits'].get(split):
       raise ValueError(f'--split={split!r} has no examples in the run\'s data '
                        f'({r.record.data["num_examples"]}); use validation or test')
-    paths, labels = restructure.verified_split(root, manifest, split)
+    image_paths, labels = restructure.verified_split(root, manifest, split)
     identity = {'kind': 'split', 'split': split, 'root': str(root),
                 'manifest_sha256': r.record.data['manifest_sha256'],
                 'files_sha256': _digest([[e['path'], e.get('stored_sha256', e['sha256'])]
                                          for e in manifest['splits'][split]]),
-                'num_files': len(paths), 'description': r.record.data['description']}
+                'num_files': len(image_paths), 'description': r.record.data['description']}
     what = name = split
-    batches = data.file_batches(paths, labels, r.config.data, batch_size=r.batch_size,
+    batches = data.file_batches(image_paths, labels, r.config.data, batch_size=r.batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
   tta = tta_of(r.config)
@@ -220,12 +225,12 @@ def evaluate(workdir: str | Path, *, checkpoint: str = 'latest', split: str = 'v
          'epoch': r.meta.get('epoch'), 'loss': res['loss'], 'accuracy': res['accuracy'],
          'count': res['count'], 'class_names': list(r.record.class_names),
          'confusion': res['confusion'].tolist(), 'data': identity,
-         'trained_on_synthetic_data': r.record.is_synthetic, 'workdir': str(workdir.absolute()),
+         'trained_on_synthetic_data': r.record.is_synthetic, 'workdir': os.fspath(workdir.absolute() if paths.is_local(workdir) else workdir),
          'eval_batch_size': r.batch_size, 'tta': tta}
   if jax.process_index() == 0:
     stem = _output_stem(workdir, name, checkpoint, step, tta)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    if Path(f'{stem}.json').exists():
+    if paths.as_path(f'{stem}.json').exists():
       log(f'Replacing {stem}.json: the same evaluation (same data, checkpoint and step) again.')
     reporting.save_confusion(res['confusion'], r.record.class_names, f'{stem}_confusion')
     reporting.write_json(f'{stem}.json', out)

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import os
 from pathlib import Path
 from typing import Callable, Sequence
+
+from inception import paths
 
 
 def find(rows: Sequence[dict], split_dir: Path) -> list[dict]:
@@ -33,7 +37,7 @@ def find(rows: Sequence[dict], split_dir: Path) -> list[dict]:
   return sorted(errors, key=lambda e: -e['probability'])
 
 
-def contact_sheet(errors: Sequence[dict], path: str | Path, *, max_images: int = 48,
+def contact_sheet(errors: Sequence[dict], path: str | os.PathLike, *, max_images: int = 48,
                   columns: int = 8, thumb_px: int = 150) -> None:
   """Writes a PNG grid of the first `max_images` errors, each titled 'true -> pred (p)'."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -53,29 +57,30 @@ def contact_sheet(errors: Sequence[dict], path: str | Path, *, max_images: int =
     ax.set_title(f'{e["true"]} -> {e["predicted"]}\n{e["probability"]:.2f}', fontsize=7)
   fig.suptitle(f'{len(errors)} misclassified ({len(shown)} shown)', fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  paths.save_figure(fig, path, dpi=80)
   plt.close(fig)
 
 
-def run(workdir: str | Path, *, split: str = 'test', checkpoint: str = 'latest',
+def run(workdir: str | os.PathLike, *, split: str = 'test', checkpoint: str = 'latest',
         max_images: int = 48, log: Callable[[str], None] = print) -> list[dict]:
   """Predicts `split` of the run's subset; writes the CSV and PNG; returns the errors."""
   from data import restructure  # pylint: disable=g-import-not-at-top
   from inception.tools import predict  # pylint: disable=g-import-not-at-top
   from inception.train import run_record  # pylint: disable=g-import-not-at-top
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   record = run_record.load(workdir)
   root = Path(record.data['root'])
-  paths, _ = restructure.verified_split(root, record.manifest(), split)
-  if not paths:
+  images, _ = restructure.verified_split(root, record.manifest(), split)
+  if not images:
     raise ValueError(f'The run\'s {split!r} split is empty ({record.data["num_examples"]})')
-  rows = predict.predict(workdir, paths, checkpoint=checkpoint, log=lambda _: None)
+  rows = predict.predict(workdir, images, checkpoint=checkpoint, log=lambda _: None)
   errors = find(rows, root / split)
   stem = workdir / f'misclassified_{split}'
-  with open(f'{stem}.csv', 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=['path', 'true', 'predicted', 'probability'])
-    w.writeheader()
-    w.writerows(errors)
+  table = io.StringIO(newline='')
+  w = csv.DictWriter(table, fieldnames=['path', 'true', 'predicted', 'probability'])
+  w.writeheader()
+  w.writerows(errors)
+  paths.write_text(f'{stem}.csv', table.getvalue())
   contact_sheet(errors, f'{stem}.png', max_images=max_images)
   log(f'{len(errors)} of {len(rows)} {split} images misclassified; wrote {stem}.csv and '
       f'{stem}.png')

@@ -4,8 +4,9 @@ alone (see `inception.tools.evaluate.restore`); optional CSV with a JSON sidecar
 from __future__ import annotations
 
 import csv
+import io
 import json
-from pathlib import Path
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -13,17 +14,19 @@ import ml_collections
 import numpy as np
 
 import data
+from inception import paths
 from inception.tools import evaluate
 from inception.train import sharding
 from inception.train import steps as steps_lib
 
 
-def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'latest',
+def predict(workdir: str | os.PathLike, inputs: Sequence[str], *, checkpoint: str = 'latest',
             output: str | None = None, config: ml_collections.ConfigDict | None = None,
             tta: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
   """One row per readable image: {'path', 'class', 'probability', 'p_<class>'...}.
 
-  inputs: image files and/or folders (searched recursively). output: CSV path, or None; beside
+  inputs: image files and/or folders (searched recursively). output: CSV path (a URI too), or
+  None; beside
   it `<output>.json` records the run, checkpoint, step, classes and whether the run was
   trained on synthetic data. config: optional --config (eval keys only, as `evaluate`;
   eval.tta='flip', or `tta`, averages each image's and its mirror image's probabilities).
@@ -53,17 +56,19 @@ def predict(workdir: str | Path, inputs: Sequence[str], *, checkpoint: str = 'la
   for row in rows:
     log(f'{row["class"]:>12s} {row["probability"]:.4f}  {row["path"]}')
   if output and jax.process_index() == 0:
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=['path', 'class', 'probability'] +
-                         [f'p_{n}' for n in names])
-      w.writeheader()
-      w.writerows(rows)
-    about = {'workdir': str(Path(workdir).absolute()), 'checkpoint': checkpoint,
+    table = io.StringIO(newline='')
+    w = csv.DictWriter(table, fieldnames=['path', 'class', 'probability'] +
+                       [f'p_{n}' for n in names])
+    w.writeheader()
+    w.writerows(rows)
+    paths.write_text(output, table.getvalue())
+    run_dir = paths.as_path(workdir)
+    about = {'workdir': os.fspath(run_dir.absolute() if paths.is_local(run_dir) else run_dir),
+             'checkpoint': checkpoint,
              'step': int(r.meta['step']), 'class_names': list(names), 'count': len(rows),
              'tta': tta, 'trained_on_synthetic_data': r.record.is_synthetic,
              'trained_on': r.record.data['description']}
-    Path(f'{output}.json').write_text(json.dumps(about, indent=2) + '\n')
+    paths.write_text(f'{output}.json', json.dumps(about, indent=2) + '\n')
     log(f'Wrote {len(rows)} predictions to {output} (checkpoint step {r.meta["step"]}; '
         f'what made them: {output}.json)')
   if r.record.is_synthetic:

@@ -3,7 +3,7 @@
 Layout of a workdir:
     checkpoints/<step>/{model,opt,meta[,ema]}  last `keep` checkpoints (every N steps / epoch)
     best/<step>/{model,opt,meta[,ema]}         the single best one by `checkpoint.best_metric`
-    .lock                                 held (fcntl.flock) by the running process
+    .lock                                 held by the running process (`WorkdirLock`)
 
 Items: 'model' = {'params', 'batch_stats'} (ALL params, frozen ones too, so a checkpoint is
 self-contained: evaluation and prediction need no weights file, and a changed weights cache
@@ -17,14 +17,19 @@ the step is all the input-pipeline position there is.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
-from pathlib import Path
+import socket
+import threading
+import time
+import uuid
 from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from inception import paths
 from inception.train import steps as steps_lib
 
 
@@ -62,33 +67,101 @@ def best_of(records: list[dict], metric: str) -> dict | None:
 
 
 class WorkdirLock:
-  """Exclusive lock on `<workdir>/.lock`; released when the process exits (even if killed)."""
+  """Exclusive lock on `<workdir>/.lock`, so two runs never write one workdir.
 
-  def __init__(self, workdir: str | os.PathLike):
-    self.path = Path(workdir) / '.lock'
+  Local workdir: `fcntl.flock` on the file; the kernel releases it when the process exits, even
+  when killed. A URI workdir (gs://...; object stores have no locks) uses a lease: the file
+  holds its owner and is renewed every `renew_s` seconds by a daemon thread; a lease not renewed
+  for `stale_s` seconds (its run was killed without releasing it, e.g. a deleted VM) is taken
+  over with a warning naming it, so an automatic restart resumes. Two runs started within the
+  same moment may both take a free lease (an object store has no create-if-absent here): the
+  lease guards against a second run on a workdir in use, not a simultaneous start.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, renew_s: float = 60.0,
+               stale_s: float = 300.0, log: Callable[[str], None] = print):
+    self.path = paths.as_path(workdir) / '.lock'
+    self.renew_s, self.stale_s, self._log = renew_s, stale_s, log
     self._fd: int | None = None
+    self._lease: str | None = None
+    self._stop = threading.Event()
+    self._renewer: threading.Thread | None = None
 
   def acquire(self) -> 'WorkdirLock':
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    if paths.is_local(self.path):
+      self._acquire_flock()
+    else:
+      self._acquire_lease()
+    return self
+
+  def _in_use(self, holder: str) -> RuntimeError:
+    return RuntimeError(f'Workdir {self.path.parent} is in use by another run ({holder}; '
+                        f'lock {self.path}). Wait for it to finish or use another --workdir.')
+
+  def _acquire_flock(self) -> None:
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
       os.close(fd)
-      raise RuntimeError(f'Workdir {self.path.parent} is in use by another run (pid {holder}; '
-                         f'lock {self.path}). Wait for it to finish or use another --workdir.'
-                         ) from None
+      raise self._in_use(f'pid {holder}') from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     self._fd = fd
-    return self
+
+  def _read_lease(self) -> dict | None:
+    try:
+      return json.loads(self.path.read_text())
+    except FileNotFoundError:
+      return None
+    except ValueError:  # Torn or foreign content: nobody can renew it, so treat it as stale.
+      return {'owner': 'unreadable lease', 'renewed': 0.0}
+
+  def _write_lease(self) -> None:
+    paths.write_text(self.path, json.dumps({'owner': self._lease, 'renewed': time.time()}))
+
+  def _acquire_lease(self) -> None:
+    held = self._read_lease()
+    if held is not None:
+      age = time.time() - float(held.get('renewed', 0.0))
+      if age < self.stale_s:
+        raise self._in_use(f'lease of {held.get("owner")}, renewed {age:.0f} s ago')
+      self._log(f'WARNING: taking over the lock {self.path}: its holder ({held.get("owner")}) '
+                f'last renewed it {age:.0f} s ago (> {self.stale_s:.0f} s), so its run is gone.')
+    self._lease = f'{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}'
+    self._write_lease()
+    if (self._read_lease() or {}).get('owner') != self._lease:
+      raise self._in_use('a run that took the lease at the same moment')
+    self._stop.clear()
+    self._renewer = threading.Thread(target=self._renew, name='workdir-lease', daemon=True)
+    self._renewer.start()
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.renew_s):
+      try:
+        holder = (self._read_lease() or {}).get('owner')
+        if holder != self._lease:
+          # Another run judged this one dead (no renewal for stale_s) and took the workdir.
+          self._log(f'ERROR: the lock {self.path} was taken over by {holder}; this run no '
+                    'longer holds its workdir and stops renewing. Stop one of the two runs.')
+          return
+        self._write_lease()
+      except Exception as e:  # pylint: disable=broad-except  # Retried at the next period.
+        self._log(f'WARNING: could not renew the lock {self.path}: {e}')
 
   def release(self) -> None:
     if self._fd is not None:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+    if self._lease is not None:
+      self._stop.set()
+      self._renewer.join()
+      if (self._read_lease() or {}).get('owner') == self._lease:
+        self.path.unlink()
+      self._lease = None
 
   def __enter__(self):
     return self.acquire()
@@ -102,7 +175,10 @@ def manager(directory: str | os.PathLike, keep: int, *, async_save: bool = True
   """CheckpointManager over `directory` keeping the last `keep` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+  directory = paths.as_path(directory)
+  if paths.is_local(directory):
+    directory = directory.absolute()
+  return ocp.CheckpointManager(directory, options=options,
                                item_names=('model', 'opt', 'meta', 'ema'))
 
 

@@ -68,6 +68,7 @@ from flax import traverse_util
 from data import cache as data_cache
 from data import pipeline
 from inception import checks
+from inception import paths
 from inception.train import param_rules
 from inception.train import sharding
 from inception.models import transfer
@@ -318,6 +319,8 @@ class FeatureCache:
         weights.content_sha256(traverse_util.flatten_dict(host, sep='/')))
     self.key = cache_key(self.ingredients)
     directory = directory or DIRECTORY
+    if directory:
+      paths.require_local(directory, 'The feature cache directory', 'features are memory-mapped')
     base = pathlib.Path(directory) if directory else data_cache.cache_dir() / 'features'
     self.dir = base / self.key
     self._step = None
@@ -439,7 +442,7 @@ class FeatureCache:
     a temporary file, renamed to the .npy when all `count` rows came, then the sidecar."""
     npy, side = self._paths(split)
     writes = jax.process_index() == 0
-    with (weights.atomic_write(npy) if writes else contextlib.nullcontext()) as f:
+    with (paths.atomic_write(npy) if writes else contextlib.nullcontext()) as f:
       writer = _NpyWriter(f, count, self.storage) if writes else None
       for rows in blocks:
         if writer is not None:
@@ -450,7 +453,7 @@ class FeatureCache:
     stats['files_written'] += 1
     meta = {'sha256': sha, 'shape': list(shape), 'dtype': self.storage, 'split': split,
             'ingredients': self.ingredients}
-    with weights.atomic_write(side) as f:
+    with paths.atomic_write(side) as f:
       f.write(json.dumps(meta, indent=1).encode())
 
   def train_batches(self, *, batch_size: int, seed: int, start_step: int = 0,

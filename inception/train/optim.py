@@ -31,7 +31,6 @@ import re
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from inception import checks

@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from inception import paths
+
 
 class MetricsWriter:
   """Appends {'step', 'epoch', 'split', ...metrics} lines to <workdir>/metrics.jsonl and writes
-  the same scalars as TensorBoard events under <workdir>/tensorboard/<split>.
+  the same scalars as TensorBoard events under <workdir>/tensorboard/<split>. The workdir may be
+  a URI (`paths.append_text` then rewrites the object; one writer per workdir: its lock).
 
   resume_step: the step of the checkpoint a run resumes from. Records with a larger step were
   written by a process that died before its next checkpoint; the resumed run recomputes and
@@ -25,8 +27,8 @@ class MetricsWriter:
 
   def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True,
                resume_step: int | None = None):
-    self.path = Path(workdir) / 'metrics.jsonl'
-    self.tb_dir = Path(workdir) / 'tensorboard'
+    self.path = paths.as_path(workdir) / 'metrics.jsonl'
+    self.tb_dir = paths.as_path(workdir) / 'tensorboard'
     self._tb = tensorboard
     self._writers: dict[str, Any] = {}
     if self.path.exists():
@@ -37,22 +39,18 @@ class MetricsWriter:
   def _drop_torn_line(self) -> None:
     # Every record ends with a newline, so text after the last one is a torn write of a killed
     # process; appending to it would glue two records into one bad line.
-    with self.path.open('rb+') as f:
-      blob = f.read()
-      if blob and not blob.endswith(b'\n'):
-        f.truncate(blob.rfind(b'\n') + 1)
+    blob = self.path.read_bytes()
+    if blob and not blob.endswith(b'\n'):
+      paths.write_bytes(self.path, blob[:blob.rfind(b'\n') + 1])
 
   def _drop_after(self, step: int) -> None:
     keep = [r for r in _parse_lines(self.path) if r['step'] <= step]
-    tmp = self.path.with_name(f'.{self.path.name}.{os.getpid()}.tmp')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep))
-    os.replace(tmp, self.path)
+    paths.write_text(self.path, ''.join(json.dumps(r) + '\n' for r in keep))
 
   def write(self, split: str, step: int, epoch: int | None, metrics: dict[str, float]) -> None:
     record = {'split': split, 'step': int(step), 'epoch': epoch,
               **{k: float(v) for k, v in metrics.items()}}
-    with self.path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+    paths.append_text(self.path, json.dumps(record) + '\n')
     if self._tb:
       self._write_tb(split, step, metrics)
 
@@ -77,7 +75,8 @@ class EventFileWriter:
   """TensorBoard scalar event files, written with TF's protos and TFRecord framing only.
 
   `tf.summary.scalar` needs the `tensorboard` package, which tensorflow-cpu does not pull in;
-  the event file format is just TFRecords of `Event` protos, so we write those directly.
+  the event file format is just TFRecords of `Event` protos, so we write those directly
+  (`tf.io` writes URIs such as gs:// itself).
   """
 
   def __init__(self, logdir: str | os.PathLike):
@@ -85,9 +84,9 @@ class EventFileWriter:
     import time  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  # already used by tf.data
     from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
-    Path(logdir).mkdir(parents=True, exist_ok=True)
+    paths.as_path(logdir).mkdir(parents=True, exist_ok=True)
     self._event_pb2 = event_pb2
-    self.path = Path(logdir) / f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
+    self.path = paths.as_path(logdir) / f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
     self._writer = tf.io.TFRecordWriter(str(self.path))
     self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 
@@ -118,7 +117,7 @@ def read_events(path: str | os.PathLike) -> list[tuple[int, str, float]]:
   return out
 
 
-def _parse_lines(path: Path) -> list[dict]:
+def _parse_lines(path: os.PathLike) -> list[dict]:
   """The records of a metrics.jsonl; a torn last line (process killed mid-write) is skipped."""
   lines = [l for l in path.read_text().splitlines() if l.strip()]
   out = []
@@ -134,7 +133,7 @@ def _parse_lines(path: Path) -> list[dict]:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   """Records of <workdir>/metrics.jsonl; for a resumed run the last record per (split, step)."""
-  path = Path(workdir) / 'metrics.jsonl'
+  path = paths.as_path(workdir) / 'metrics.jsonl'
   if not path.exists():
     return []
   by_key: dict[tuple, dict] = {}
@@ -191,7 +190,7 @@ def plot_history(history: dict[str, dict[int, dict]], path: str | os.PathLike,
     import textwrap  # pylint: disable=g-import-not-at-top
     fig.suptitle(textwrap.shorten(title, 120), fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  paths.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
@@ -203,7 +202,7 @@ def save_confusion(confusion: np.ndarray, class_names: Sequence[str], stem: str 
   result = {'class_names': list(class_names), 'matrix': confusion.tolist(),
             'accuracy': float(np.trace(confusion) / total) if total else math.nan,
             'count': total}
-  Path(f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
+  paths.write_text(f'{os.fspath(stem)}.json', json.dumps(result, indent=2) + '\n')
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -220,7 +219,7 @@ def save_confusion(confusion: np.ndarray, class_names: Sequence[str], stem: str 
   ax.set_ylabel('true')
   ax.set_title(title or f'Confusion matrix (accuracy {result["accuracy"]:.4f}, n={total})')
   fig.tight_layout()
-  fig.savefig(f'{stem}.png', dpi=100)
+  paths.save_figure(fig, f'{os.fspath(stem)}.png', dpi=100)
   plt.close(fig)
   return result
 
@@ -233,4 +232,4 @@ def progress(total: int, desc: str, disable: bool = False):
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
+  paths.write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')

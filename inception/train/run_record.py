@@ -26,12 +26,12 @@ import dataclasses
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
-from inception import weights as weights_lib
+from inception import paths
 
 FORMAT = 1
 RECORD = 'run.json'
@@ -49,7 +49,7 @@ class ConfigMismatchError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
   """A trained run as recorded in its workdir (see the module doc)."""
-  workdir: Path
+  workdir: epath.Path
   config: ml_collections.ConfigDict
   class_names: tuple[str, ...]
   data: dict
@@ -95,18 +95,16 @@ def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: A
     RuntimeError: the data set's manifest changed while the run started (its sha256 is no
       longer the one `info` was prepared with).
   """
-  workdir = Path(workdir)
-  src = Path(info.root) / 'manifest.json'
+  workdir = paths.as_path(workdir)
+  src = paths.as_path(info.root) / 'manifest.json'
   blob = src.read_bytes()
   if hashlib.sha256(blob).hexdigest() != info.manifest_sha256:
     raise RuntimeError(f'{src} changed since the data was prepared for this run; another '
                        'process restructured it: rerun')
-  with weights_lib.atomic_write(workdir / MANIFEST) as f:
-    f.write(blob)
+  paths.write_bytes(workdir / MANIFEST, blob)
   record = {'format': FORMAT, 'config': json.loads(config.to_json_best_effort()),
             'class_names': list(info.class_names), 'data': info.to_json(), 'weights': weights}
-  with weights_lib.atomic_write(workdir / RECORD) as f:
-    f.write((json.dumps(record, indent=1, sort_keys=True) + '\n').encode())
+  paths.write_text(workdir / RECORD, json.dumps(record, indent=1, sort_keys=True) + '\n')
 
 
 def load(workdir: str | os.PathLike) -> RunRecord:
@@ -116,7 +114,7 @@ def load(workdir: str | os.PathLike) -> RunRecord:
     FileNotFoundError: no run.json (not a trained run's workdir).
     ValueError: an unreadable record or an unknown format.
   """
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   path = workdir / RECORD
   if not path.is_file():
     have = sorted(p.name for p in workdir.iterdir())[:12] if workdir.is_dir() else None

@@ -14,16 +14,17 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 import data
 import data.config
 from inception import checks
+from inception import paths
 from inception.train import checkpoints
 from inception.train import feature_cache
 from inception.train import optim
@@ -43,7 +44,7 @@ EXIT_PREEMPTED = 128 + signal.SIGTERM
 class NonFiniteLossError(RuntimeError):
   """Training stopped at a non-finite loss (train.on_nonfinite='stop')."""
 
-  def __init__(self, step: int, workdir: Path, last_good: int | None):
+  def __init__(self, step: int, workdir: epath.Path, last_good: int | None):
     self.step = step
     super().__init__(
         f'Non-finite loss or gradient at step {step}; training stopped '
@@ -55,7 +56,7 @@ class NonFiniteLossError(RuntimeError):
 class Preempted(RuntimeError):
   """Training stopped on SIGTERM after writing the checkpoint of the step it had reached."""
 
-  def __init__(self, step: int, workdir: Path):
+  def __init__(self, step: int, workdir: epath.Path):
     self.step = step
     super().__init__(f'SIGTERM: stopped at step {step} after saving its checkpoint in '
                      f'{workdir / "checkpoints"}; rerun the same command to resume from it.')
@@ -184,7 +185,7 @@ NONFINITE = ('stop', 'skip')
 LOSSES = ('auto',)
 
 
-def validate_config(config: ml_collections.ConfigDict, *, workdir: str | Path | None = None,
+def validate_config(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike | None = None,
                     device_count: int | None = None) -> None:
   """Checks a run config section by section, each by the code that owns it (data, model,
   optimizer; the seed, train, checkpoint and eval sections here); ValueError names the first
@@ -232,18 +233,27 @@ def validate_config(config: ml_collections.ConfigDict, *, workdir: str | Path | 
 
 
 def check_workdir(workdir: str | os.PathLike) -> None:
-  """The workdir exists or can be created, and is writable."""
-  path = Path(workdir)
+  """The workdir (a local path or a URI) exists or can be created, and is writable."""
+  path = paths.as_path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise ValueError(f'--workdir {path} cannot be created: {e.strerror}; choose another '
+    raise ValueError(f'--workdir {path} cannot be created: {e.strerror or e}; choose another '
                      f'--workdir') from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise ValueError(f'--workdir {path} is not writable; choose another --workdir')
+  if paths.is_local(path):
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise ValueError(f'--workdir {path} is not writable; choose another --workdir')
+    return
+  probe = path / f'.write-test-{os.getpid()}'  # An object store has no permission bits to ask.
+  try:
+    paths.write_text(probe, 'ok')
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except  # Each file system raises its own.
+    raise ValueError(f'--workdir {path} is not writable ({type(e).__name__}: {e}); choose '
+                     'another --workdir') from None
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           log: Callable[[str], None] = print, progress_bars: bool = True,
           lock: checkpoints.WorkdirLock | None = None) -> dict:
   """Trains (or resumes) per `config` in `workdir`; returns the run summary (also summary.json).
@@ -256,10 +266,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   lock: the caller's already acquired lock of `workdir` (e.g. a sweep runner that claimed the
   run); released by the caller. By default the workdir is locked here.
   """
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   validate_config(config, workdir=workdir)
   if lock is not None:
-    if lock.path.parent.resolve() != workdir.resolve():
+    if not paths.same(lock.path.parent, workdir):
       raise ValueError(f'lock {lock.path} is not the lock of --workdir {workdir}')
     return _train_locked(config, workdir, log, progress_bars)
   with _job_lock(workdir):
@@ -267,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 @contextlib.contextmanager
-def _job_lock(workdir: Path):
+def _job_lock(workdir: epath.Path):
   """The workdir lock, held by process 0 for the whole job; every process learns whether it
   was taken (so none starts collectives that the others will never join)."""
   lock, error = checkpoints.WorkdirLock(workdir), None
@@ -285,7 +295,7 @@ def _job_lock(workdir: Path):
     lock.release()
 
 
-def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
+def _train_locked(config, workdir: epath.Path, log, progress_bars: bool) -> dict:
   t_start = time.time()
   info = prepare_data(config, log)
   s = build(config, log=log, info=info)
@@ -324,7 +334,7 @@ def _train_locked(config, workdir: Path, log, progress_bars: bool) -> dict:
 class _Checkpoints:
   """The run's two checkpoint managers (latest ones, best one); closed on every exit path."""
 
-  def __init__(self, workdir: Path, ck: ml_collections.ConfigDict, mesh):
+  def __init__(self, workdir: epath.Path, ck: ml_collections.ConfigDict, mesh):
     self.workdir, self.sharding = workdir, sharding.replicated(mesh)
     self.latest = checkpoints.manager(workdir / 'checkpoints', ck.keep,
                                       async_save=ck.async_save)
@@ -371,7 +381,7 @@ class _Loop:
   """The epochs of one run: train steps with periodic metric syncs and saves, then each
   epoch's evaluation, best checkpoint and checkpoint."""
 
-  def __init__(self, config, workdir: Path, info, setup: Setup, state, ckpt: _Checkpoints, log,
+  def __init__(self, config, workdir: epath.Path, info, setup: Setup, state, ckpt: _Checkpoints, log,
                steps_per_epoch: int, start_step: int, best: dict | None,
                preemption: _PreemptionSignal):
     self.config, self.workdir, self.info, self.log = config, workdir, info, log
@@ -510,7 +520,7 @@ class _Loop:
     return meta
 
 
-def finish(config, workdir: Path, state, info, class_names, run_eval, log, *, wall_time: float,
+def finish(config, workdir: epath.Path, state, info, class_names, run_eval, log, *, wall_time: float,
            total_steps: int, provenance: dict, resumed_from: int) -> dict:
   """Final evaluation, plots, confusion matrix, seed table and summary.json."""
   val = run_eval(state, 'validation')

