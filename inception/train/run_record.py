@@ -1,5 +1,5 @@
 """The record a training run leaves in its workdir; evaluation and prediction rebuild the run
-from it alone.
+from it alone, and a rerun resumes it only as that run (`check_resume`, `check_resume_data`).
 
     <workdir>/run.json            format, the full config (overrides included), class names,
                                   data identity, backbone weights' provenance
@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 from etils import epath
@@ -42,8 +42,18 @@ EVAL_OVERRIDABLE = ('eval.batch_size', 'eval.tta', 'data.num_parallel_calls', 'd
                     'data.deterministic')
 
 
+# Config keys a resumed training run may change: they decide how long it runs, how it saves
+# and how batches are fed, never the values of a step (data.deterministic and eval.tta are not
+# here: the first can reorder the training data, the second changes the validation metrics
+# that pick the best checkpoint). Any other difference from the record is refused.
+RESUME_CHANGEABLE = ('train.epochs', 'train.on_nonfinite', 'train.prefetch_to_device',
+                     'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.async_save',
+                     'eval.batch_size', 'data.num_parallel_calls', 'data.prefetch')
+
+
 class ConfigMismatchError(ValueError):
-  """A --config given to eval/predict differs from the run's own in a key it may not change."""
+  """A --config (eval, predict, or a resumed training run) differs from the run's own in a key
+  it may not change, or a resumed run's data is not the data it trained on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,23 +165,70 @@ def merge(record: RunRecord, given: ml_collections.ConfigDict | None
   config = record.config.copy_and_resolve_references()  # The record's own stays as loaded.
   if given is None:
     return config
-  mine, theirs = _flat(config), _flat(given)
-  # A key the record lacks was added to the project after the run was trained; its default is
-  # the behaviour the run had (every new knob defaults to the earlier behaviour), and the
-  # run's config, not `given`, is what eval uses: not a mismatch.
-  refused = [k for k in sorted(set(mine) | set(theirs))
-             if k not in EVAL_OVERRIDABLE and k in mine and mine[k] != theirs.get(k, '<absent>')]
+  refused = [d for d in differences(record, given) if d[0] not in EVAL_OVERRIDABLE]
   if refused:
-    shown = '; '.join(f'{k}: run {mine.get(k, "<absent>")!r}, --config '
-                      f'{theirs.get(k, "<absent>")!r}' for k in refused[:8])
-    more = f' and {len(refused) - 8} more' if len(refused) > 8 else ''
     raise ConfigMismatchError(
         f'--config differs from the run recorded in {record.workdir / RECORD} in keys that '
-        f'define the trained model, its input or its data: {shown}{more}. Leave --config out '
-        f'(the run\'s own config is used); eval and predict may change only '
+        f'define the trained model, its input or its data: {_shown(refused)}. Leave --config '
+        f'out (the run\'s own config is used); eval and predict may change only '
         f'{", ".join(EVAL_OVERRIDABLE)}.')
   for key in EVAL_OVERRIDABLE:
     section, name = key.split('.')
     config[section][name] = given[section][name]
   return config
 
+
+def differences(record: RunRecord, given: ml_collections.ConfigDict
+                ) -> list[tuple[str, Any, Any]]:
+  """(key, recorded value, `given` value) of every key whose values differ, in key order.
+
+  A key the record lacks was added to the project after the run was trained; its default is
+  the behaviour the run had (every new knob defaults to the earlier behaviour): not a
+  difference.
+  """
+  mine, theirs = _flat(record.config), _flat(given)
+  return [(k, mine[k], theirs.get(k, '<absent>')) for k in sorted(mine)
+          if mine[k] != theirs.get(k, '<absent>')]
+
+
+def _shown(diffs: list[tuple[str, Any, Any]]) -> str:
+  shown = '; '.join(f'{k}: run {old!r}, --config {new!r}' for k, old, new in diffs[:8])
+  return shown + (f' and {len(diffs) - 8} more' if len(diffs) > 8 else '')
+
+
+def check_resume(record: RunRecord, given: ml_collections.ConfigDict,
+                 log: Callable[[str], None] = print) -> None:
+  """Refuses to resume the run of `record` with a config that trains differently.
+
+  Keys of `RESUME_CHANGEABLE` may differ (each change is logged); for any other, a resumed run
+  would continue a trajectory its config does not describe.
+
+  Raises:
+    ConfigMismatchError: naming each refused key with both values.
+  """
+  diffs = differences(record, given)
+  refused = [d for d in diffs if d[0] not in RESUME_CHANGEABLE]
+  if refused:
+    raise ConfigMismatchError(
+        f'--config differs from the run being resumed ({record.workdir / RECORD}) in keys '
+        f'that change how it trains: {_shown(refused)}. Train it in another --workdir, or '
+        f'resume with the recorded values; a resumed run may change only '
+        f'{", ".join(RESUME_CHANGEABLE)}.')
+  for key, old, new in diffs:
+    log(f'Resuming with {key}={new!r} (the run started with {old!r}).')
+
+
+def check_resume_data(record: RunRecord, info: Any) -> None:
+  """Refuses to resume the run of `record` on other data than it trained on.
+
+  info: the `data.DatasetInfo` prepared for this run.
+  Raises:
+    ConfigMismatchError: the prepared data's manifest is not the recorded one (e.g. the run
+      fell back to synthetic data and the data set is now found, or the source folder changed).
+  """
+  if info.manifest_sha256 != record.data['manifest_sha256']:
+    raise ConfigMismatchError(
+        f'The data prepared for this run ({info.description}) is not the data the run being '
+        f'resumed trained on ({record.data["description"]}; {record.workdir / RECORD}): '
+        'a resumed run continues on its own data. Restore that data, or train in another '
+        '--workdir.')

@@ -2,7 +2,8 @@
 
 `train(config, workdir)` resumes from the newest readable checkpoint in `<workdir>/checkpoints`
 and continues to the same result an uninterrupted run reaches (data order and dropout are
-functions of (seed, step)). Host syncs happen only every `train.log_every_steps` steps, at
+functions of (seed, step)), and only with that run's config and data
+(`run_record.check_resume`). Host syncs happen only every `train.log_every_steps` steps, at
 checkpoints and at epoch ends; in between the train metrics stay on the device.
 """
 
@@ -262,6 +263,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     NonFiniteLossError: non-finite loss with train.on_nonfinite='stop'.
     Preempted: SIGTERM (single process): the checkpoint of the step reached is written.
     RuntimeError: the workdir is locked by another run.
+    run_record.ConfigMismatchError: the workdir holds a run's checkpoints and `config` or the
+      data differs from that run's (`run_record.RESUME_CHANGEABLE` may change).
 
   lock: the caller's already acquired lock of `workdir` (e.g. a sweep runner that claimed the
   run); released by the caller. By default the workdir is locked here.
@@ -276,28 +279,62 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     return _train_locked(config, workdir, log, progress_bars)
 
 
-@contextlib.contextmanager
-def _job_lock(workdir: epath.Path):
-  """The workdir lock, held by process 0 for the whole job; every process learns whether it
-  was taken (so none starts collectives that the others will never join)."""
-  lock, error = checkpoints.WorkdirLock(workdir), None
+def _on_main_agreed(fn: Callable[[], Any], catch: type[Exception] | tuple[type[Exception], ...],
+                    refused: Exception) -> Any:
+  """fn() in process 0 only. When it raises one of `catch`, every process raises: process 0
+  its error, the others `refused`; so none starts collectives the others will never join."""
+  value, error = None, None
   if is_main():
     try:
-      lock.acquire()
-    except RuntimeError as e:
+      value = fn()
+    except catch as e:
       error = e
   if not sharding.all_agree(error is None):
-    raise error or RuntimeError(f'Workdir {workdir} is in use by another run (process 0 could '
-                                f'not lock {lock.path}).')
+    raise error or refused
+  return value
+
+
+@contextlib.contextmanager
+def _job_lock(workdir: epath.Path):
+  """The workdir lock, held by process 0 for the whole job."""
+  lock = checkpoints.WorkdirLock(workdir)
+  _on_main_agreed(lock.acquire, RuntimeError, RuntimeError(
+      f'Workdir {workdir} is in use by another run (process 0 could not lock {lock.path}).'))
   try:
     yield
   finally:
     lock.release()
 
 
+def _run_to_resume(config, workdir: epath.Path, log) -> run_record.RunRecord | None:
+  """The record of the run this command resumes, checked against `config` (process 0).
+
+  None for a new run: no record, or a record whose run saved no checkpoint (it is replaced).
+  Raises:
+    run_record.ConfigMismatchError: `config` trains differently from the recorded run.
+    ValueError: the record is unreadable or of another format.
+  """
+  def check():
+    if not (workdir / run_record.RECORD).exists():
+      return None
+    latest = workdir / 'checkpoints'
+    if not (latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())):
+      return None
+    record = run_record.load(workdir)
+    run_record.check_resume(record, config, log)
+    return record
+  return _on_main_agreed(check, ValueError, run_record.ConfigMismatchError(
+      f'Process 0 refused to resume the run in {workdir}; its message says why.'))
+
+
 def _train_locked(config, workdir: epath.Path, log, progress_bars: bool) -> dict:
   t_start = time.time()
+  resumed = _run_to_resume(config, workdir, log)
   info = prepare_data(config, log)
+  _on_main_agreed(lambda: resumed and run_record.check_resume_data(resumed, info),
+                  run_record.ConfigMismatchError, run_record.ConfigMismatchError(
+                      f'Process 0 refused to resume the run in {workdir} on this data; its '
+                      'message says why.'))
   s = build(config, log=log, info=info)
   counts = param_rules.summary(jax.device_get(s.state.params), config.optimizer.param_rules)
   log(f'Devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
