@@ -112,8 +112,19 @@ def _changed_keys(old: dict, new: dict) -> str:
   return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys)
 
 
-def _intact(out: pathlib.Path, manifest: dict) -> bool:
-  return all(os.path.exists(out / e['path']) for s in SPLITS for e in manifest['splits'][s])
+def _intact(out: pathlib.Path, manifest: dict, log: Callable[[str], None]) -> bool:
+  """Every file `manifest` lists is under `out` with the bytes it recorded (sha256).
+
+  The check reads every file: a source file edited in place shows through its symlink, and
+  training on it under the old manifest would change a run's data without a trace.
+  """
+  try:
+    for split in SPLITS:
+      verified_split(out, manifest, split)
+  except (FileNotFoundError, ValueError) as e:
+    log(f'The subset in {out} no longer matches its manifest ({e}); redoing it.')
+    return False
+  return True
 
 
 def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_class: int,
@@ -168,7 +179,7 @@ def _restructure(source: sources.Source, out: str | os.PathLike, *, images_per_c
   manifest_path = out / MANIFEST
   if manifest_path.exists():
     old = json.loads(manifest_path.read_text())
-    if old.get('args') == args and _intact(out, old):
+    if old.get('args') == args and _intact(out, old, log):
       log(f'Subset already in {out} (same arguments): nothing to do.')
       return old
     if old.get('args') != args and not overwrite:

@@ -158,6 +158,33 @@ def test_rerun_noop_refusal_overwrite_and_interrupted(tree, tmp_path):
   assert (out / m3['splits']['train'][0]['path']).exists()
 
 
+def test_a_source_file_edited_in_place_redoes_the_subset(tmp_path):
+  """Symlinked subsets see their sources' edits: the rerun finds the manifest's sha256 stale
+  and redoes the subset, so its manifest (and a run's record of it) describes the bytes."""
+  raw = tmp_path / 'animals10' / 'raw-img'
+  rng = np.random.default_rng(1)
+  testing.write_good(raw / 'cane', 6, rng, prefix='dog')
+  testing.write_good(raw / 'cavallo', 6, rng, prefix='horse')
+  src = animals10.animals10_source(raw, ('dog', 'cavallo'), 'test')
+  out = tmp_path / 'out'
+  run = lambda log: restructure.restructure(src, out, images_per_class=4,
+                                            validation_fraction=0.25, seed=0, log=log)
+  m = run(lambda _: None)
+  sha = restructure.manifest_sha256(out)
+  entry = m['splits']['train'][0]
+  testing.write_jpeg(raw / entry['source'],  # 'cane/dog_000.jpg', under the source root
+                     testing.random_image(rng, 48, 64, mean=40.0))
+  logs = []
+  m2 = run(logs.append)
+  assert any(l.startswith(f'The subset in {out} no longer matches its manifest (')
+             and 'sha256 differs' in l for l in logs), logs
+  new = {e['path']: e['sha256'] for e in m2['splits']['train']}
+  assert entry['path'] not in new or new[entry['path']] != entry['sha256']
+  assert restructure.manifest_sha256(out) != sha
+  logs = []
+  assert run(logs.append) == m2 and 'nothing to do' in logs[0]  # Stable again.
+
+
 def test_refuses_foreign_non_empty_folder(tree, tmp_path):
   (tmp_path / 'out').mkdir()
   (tmp_path / 'out' / 'thesis.tex').write_text('precious')
