@@ -16,9 +16,10 @@ import contextlib
 import io
 import os
 import re
+import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from etils import epath
 
@@ -70,7 +71,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[io.BufferedIOBase]:
   path = as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   if is_local(path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{_owner()}.',
+                               suffix='.tmp')
     try:
       os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are meant to be shared like pip's.
       with os.fdopen(fd, 'wb') as f:
@@ -93,6 +95,43 @@ def atomic_write(path: str | os.PathLike) -> Iterator[io.BufferedIOBase]:
       if tmp.exists():
         tmp.unlink()
     raise
+
+
+def _owner() -> str:
+  """'<host>-<pid>' of this process, as its temporary files' names carry it."""
+  return f'{re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())}-{os.getpid()}'
+
+
+def remove_orphaned_temporaries(folder: str | os.PathLike,
+                                log: Callable[[str], None] = print) -> int:
+  """Deletes the `atomic_write` temporary files in local `folder` whose writer, a process of
+  this host, is gone (killed mid-write; a feature cache's can be gigabytes). Files of live
+  processes and of other hosts are left alone. Returns the bytes freed."""
+  host = _owner().rsplit('-', 1)[0]
+  freed, count = 0, 0
+  pattern = re.compile(rf'^\..+\.{re.escape(host)}-(\d+)\.[^.]+\.tmp$')
+  for entry in os.scandir(folder) if os.path.isdir(folder) else ():
+    match = pattern.match(entry.name)
+    if not match or _alive(int(match.group(1))):
+      continue
+    with contextlib.suppress(FileNotFoundError):
+      size = entry.stat().st_size
+      os.unlink(entry.path)
+      freed, count = freed + size, count + 1
+  if count:
+    log(f'Removed {count} temporary file(s) ({freed / 2**20:.1f} MiB) that killed processes '
+        f'left in {folder}.')
+  return freed
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's live process.
+    return True
+  return True
 
 
 def write_bytes(path: str | os.PathLike, blob: bytes) -> None:

@@ -1,6 +1,7 @@
-"""Workdirs on object stores (gs://...): what the run writes there goes through etils.epath
-and never needs what an object store lacks (append, read-write opens, locks); what must stay
-local refuses a URI by name.
+"""inception/paths.py and its users. Workdirs on object stores (gs://...): what the run writes
+there goes through etils.epath and never needs what an object store lacks (append, read-write
+opens, locks); what must stay local refuses a URI by name. Locally: atomic writes and the
+clean-up of killed writers' temporary files.
 
 The bucket is `etils.epath.testing.mock_epath` over a local folder, with an object store's
 limits added: opening for append or update fails. Orbax's own gs:// support (tensorstore's
@@ -215,3 +216,31 @@ def test_an_epath_workdir_is_what_train_gets(tmp_path):
   """train.py hands the trainer an epath.Path; local behaviour is pathlib's."""
   p = paths.as_path(tmp_path / 'w')
   assert isinstance(p, epath.Path) and os.fspath(p) == str(tmp_path / 'w')
+
+
+def test_temporaries_of_killed_writers_are_removed_and_no_others(tmp_path):
+  """A writer killed inside `atomic_write` leaves its temporary file (a feature cache's can be
+  gigabytes); the next writer of that folder removes it, but never a live process's."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  killed = subprocess.run(
+      [sys.executable, '-c', 'import os, sys; from inception import paths\n'
+       'with paths.atomic_write(sys.argv[1]) as f:\n'
+       '  f.write(b"x" * 4096); f.flush(); os._exit(9)', str(tmp_path / 'train.npy')],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
+  assert killed.returncode == 9
+  left = [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+  assert len(left) == 1 and left[0].startswith('.train.npy.'), left
+  with paths.atomic_write(tmp_path / 'live.npy') as f:  # This process's: alive.
+    f.write(b'y')
+    live = [n for n in os.listdir(tmp_path) if n.startswith('.live.npy.')]
+    (tmp_path / '.x.npy.otherhost-1.abcd1234.tmp').write_bytes(b'z')
+    (tmp_path / 'train.json').write_text('{}')
+    messages = []
+    freed = paths.remove_orphaned_temporaries(tmp_path, messages.append)
+    assert freed == 4096
+    assert messages == [f'Removed 1 temporary file(s) (0.0 MiB) that killed processes left in '
+                        f'{tmp_path}.']
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        live + ['.x.npy.otherhost-1.abcd1234.tmp', 'train.json'])
+  assert (tmp_path / 'live.npy').read_bytes() == b'y'

@@ -442,6 +442,8 @@ class FeatureCache:
     a temporary file, renamed to the .npy when all `count` rows came, then the sidecar."""
     npy, side = self._paths(split)
     writes = jax.process_index() == 0
+    if writes:
+      paths.remove_orphaned_temporaries(self.dir, self.log)
     with (paths.atomic_write(npy) if writes else contextlib.nullcontext()) as f:
       writer = _NpyWriter(f, count, self.storage) if writes else None
       for rows in blocks:
