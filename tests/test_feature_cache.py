@@ -24,16 +24,10 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _cache(tmp_path_factory):
-  old = os.environ.get('INCEPTION_FLAX_CACHE')
-  os.environ['INCEPTION_FLAX_CACHE'] = str(tmp_path_factory.mktemp('cache'))
+def _cache(module_cache):
   feature_cache.clear_memory()
   yield
   feature_cache.clear_memory()
-  if old is None:
-    del os.environ['INCEPTION_FLAX_CACHE']
-  else:
-    os.environ['INCEPTION_FLAX_CACHE'] = old
 
 
 def _config(mode='auto', epochs=2):

@@ -20,15 +20,7 @@ from inception.train import trainer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _cache(tmp_path_factory):
-  old = os.environ.get('INCEPTION_FLAX_CACHE')
-  os.environ['INCEPTION_FLAX_CACHE'] = str(tmp_path_factory.mktemp('cache'))
-  yield
-  if old is None:
-    del os.environ['INCEPTION_FLAX_CACHE']
-  else:
-    os.environ['INCEPTION_FLAX_CACHE'] = old
+pytestmark = pytest.mark.usefixtures('module_cache')
 
 
 def _config(epochs=1):
