@@ -14,7 +14,10 @@ Same files and seed give the same split on any machine.
 Every candidate is validated once (`data.imagecheck`): unusable files are skipped and
 reported; files TensorFlow would not decode as PIL does get a normalised RGB PNG copy.
 The source is never modified. The manifest is written last (temp file + rename): a folder
-without one is an interrupted run and is redone.
+without one is an interrupted run and is redone. A rerun with the same arguments is a no-op
+only while every listed file still holds its recorded bytes (`.verified.json` keeps their size
+and mtime from the last full check, so unchanged files are not read again); otherwise the
+subset is redone.
 
 CLI: python -m data.restructure --source PATH|synthetic --out DIR [--classes dog,horse] ...
 """
@@ -43,6 +46,8 @@ from data.sources import folder
 
 MANIFEST = 'manifest.json'
 MARKER = '.restructure-in-progress.json'
+# Size and mtime of each listed file when the subset was last verified (see `_intact`).
+VERIFIED = '.verified.json'
 SPLITS = ('train', 'validation', 'test')
 FORMAT = 1
 
@@ -105,6 +110,7 @@ def _remove_written(out: pathlib.Path, manifest: dict) -> None:
     if (out / split).is_dir() and not any((out / split).iterdir()):
       (out / split).rmdir()
   (out / MANIFEST).unlink(missing_ok=True)
+  (out / VERIFIED).unlink(missing_ok=True)
 
 
 def _changed_keys(old: dict, new: dict) -> str:
@@ -112,18 +118,44 @@ def _changed_keys(old: dict, new: dict) -> str:
   return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys)
 
 
+def _stamps(out: pathlib.Path, manifest: dict) -> dict[str, list[int]]:
+  """{path: [size, mtime_ns]} of every listed file (symlinks followed); raises OSError."""
+  stamps = {}
+  for split in SPLITS:
+    for entry in manifest['splits'][split]:
+      st = os.stat(out / entry['path'])
+      stamps[entry['path']] = [st.st_size, st.st_mtime_ns]
+  return stamps
+
+
 def _intact(out: pathlib.Path, manifest: dict, log: Callable[[str], None]) -> bool:
   """Every file `manifest` lists is under `out` with the bytes it recorded (sha256).
 
-  The check reads every file: a source file edited in place shows through its symlink, and
-  training on it under the old manifest would change a run's data without a trace.
+  A source file edited in place shows through its symlink, and training on it under the old
+  manifest would change a run's data without a trace. Every file is read and hashed, unless
+  `VERIFIED` holds the size and mtime each had when it was last found intact and none changed
+  (each start of a run would otherwise read the whole subset again).
   """
+  try:
+    stamps = _stamps(out, manifest)
+  except OSError:
+    stamps = None
+  try:
+    known = json.loads((out / VERIFIED).read_text())
+  except (OSError, ValueError):
+    known = None
+  if stamps is not None and known == {'manifest': manifest_sha256(out), 'files': stamps}:
+    return True
   try:
     for split in SPLITS:
       verified_split(out, manifest, split)
   except (FileNotFoundError, ValueError) as e:
     log(f'The subset in {out} no longer matches its manifest ({e}); redoing it.')
     return False
+  if stamps is not None:
+    tmp = out / f'{VERIFIED}.{os.getpid()}.tmp'
+    tmp.write_text(json.dumps({'manifest': manifest_sha256(out), 'files': stamps}))
+    os.replace(tmp, out / VERIFIED)
   return True
 
 

@@ -158,7 +158,7 @@ def test_rerun_noop_refusal_overwrite_and_interrupted(tree, tmp_path):
   assert (out / m3['splits']['train'][0]['path']).exists()
 
 
-def test_a_source_file_edited_in_place_redoes_the_subset(tmp_path):
+def test_a_source_file_edited_in_place_redoes_the_subset(tmp_path, monkeypatch):
   """Symlinked subsets see their sources' edits: the rerun finds the manifest's sha256 stale
   and redoes the subset, so its manifest (and a run's record of it) describes the bytes."""
   raw = tmp_path / 'animals10' / 'raw-img'
@@ -183,6 +183,22 @@ def test_a_source_file_edited_in_place_redoes_the_subset(tmp_path):
   assert restructure.manifest_sha256(out) != sha
   logs = []
   assert run(logs.append) == m2 and 'nothing to do' in logs[0]  # Stable again.
+  # The no-op does not read unchanged files again (their size and mtime are recorded) ...
+  reads = []
+  real_read = restructure.verified_split
+  monkeypatch.setattr(restructure, 'verified_split',
+                      lambda *a, **k: reads.append(a[2]) or real_read(*a, **k))
+  assert run(lambda _: None) == m2 and reads == []
+  # ... but an edit that keeps the size still shows in the mtime, and is caught by the hash.
+  entry = m2['splits']['validation'][0]
+  target = raw / entry['source']
+  blob = bytearray(target.read_bytes())
+  blob[-3] ^= 0xFF  # Inside the JPEG data, before its end marker: same size, other bytes.
+  target.write_bytes(bytes(blob))
+  logs = []
+  m3 = run(logs.append)
+  assert reads and any('no longer matches its manifest' in l for l in logs), logs
+  assert m3 != m2
 
 
 def test_refuses_foreign_non_empty_folder(tree, tmp_path):
