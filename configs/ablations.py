@@ -7,8 +7,8 @@ per run.
 
 Arg keys (all optional): variant (a name from `get_variants()`), seed (initialisation, data
 order, dropout and the split), base ('dog_horse', 'dog_horse_best', or 'smoke': the tiny
-synthetic recipe, for tests), and direct overrides applied after the variant: cut, head, dropout, augment,
-preprocess, weights, images_per_class, epochs.
+synthetic recipe, for tests), and direct overrides applied after the variant: cut, head,
+dropout, augment, preprocess, weights, images_per_class, epochs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 
 Choice: per class, the usable files' names are sorted, then permuted with numpy's PCG64
 seeded by (seed, crc32(class name)); the first images_per_class form the subset (the first
-images_per_class * validation_fraction (rounded half up) of them validation), the rest the test split.
+images_per_class * validation_fraction (rounded half up) of them validation), the rest the test
+split.
 Same files and seed give the same split on any machine.
 
 Every candidate is validated once (`data.imagecheck`): unusable files are skipped and

@@ -43,6 +43,12 @@ def as_path(path: str | os.PathLike) -> epath.Path:
   return epath.Path(os.path.expanduser(text))
 
 
+def absolute(path: str | os.PathLike) -> epath.Path:
+  """`as_path(path)`, a local one made absolute (a URI already is)."""
+  path = as_path(path)
+  return path.absolute() if is_local(path) else path
+
+
 def same(a: str | os.PathLike, b: str | os.PathLike) -> bool:
   """Whether `a` and `b` name the same folder or file (local ones after resolving links)."""
   if is_uri(a) or is_uri(b):

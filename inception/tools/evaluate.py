@@ -225,7 +225,8 @@ def evaluate(workdir: str | os.PathLike, *, checkpoint: str = 'latest', split: s
          'epoch': r.meta.get('epoch'), 'loss': res['loss'], 'accuracy': res['accuracy'],
          'count': res['count'], 'class_names': list(r.record.class_names),
          'confusion': res['confusion'].tolist(), 'data': identity,
-         'trained_on_synthetic_data': r.record.is_synthetic, 'workdir': os.fspath(workdir.absolute() if paths.is_local(workdir) else workdir),
+         'trained_on_synthetic_data': r.record.is_synthetic,
+         'workdir': os.fspath(paths.absolute(workdir)),
          'eval_batch_size': r.batch_size, 'tta': tta}
   if jax.process_index() == 0:
     stem = _output_stem(workdir, name, checkpoint, step, tta)

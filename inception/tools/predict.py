@@ -62,9 +62,7 @@ def predict(workdir: str | os.PathLike, inputs: Sequence[str], *, checkpoint: st
     w.writeheader()
     w.writerows(rows)
     paths.write_text(output, table.getvalue())
-    run_dir = paths.as_path(workdir)
-    about = {'workdir': os.fspath(run_dir.absolute() if paths.is_local(run_dir) else run_dir),
-             'checkpoint': checkpoint,
+    about = {'workdir': os.fspath(paths.absolute(workdir)), 'checkpoint': checkpoint,
              'step': int(r.meta['step']), 'class_names': list(names), 'count': len(rows),
              'tta': tta, 'trained_on_synthetic_data': r.record.is_synthetic,
              'trained_on': r.record.data['description']}

@@ -175,10 +175,7 @@ def manager(directory: str | os.PathLike, keep: int, *, async_save: bool = True
   """CheckpointManager over `directory` keeping the last `keep` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  directory = paths.as_path(directory)
-  if paths.is_local(directory):
-    directory = directory.absolute()
-  return ocp.CheckpointManager(directory, options=options,
+  return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                item_names=('model', 'opt', 'meta', 'ema'))
 
 

@@ -86,7 +86,8 @@ class EventFileWriter:
     from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
     paths.as_path(logdir).mkdir(parents=True, exist_ok=True)
     self._event_pb2 = event_pb2
-    self.path = paths.as_path(logdir) / f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
+    self.path = (paths.as_path(logdir) /
+                 f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}')
     self._writer = tf.io.TFRecordWriter(str(self.path))
     self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 

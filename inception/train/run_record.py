@@ -44,13 +44,13 @@ EVAL_OVERRIDABLE = ('eval.batch_size', 'eval.tta', 'data.num_parallel_calls', 'd
 
 # Config keys a resumed training run may change: they decide how long it runs, how it saves
 # and how batches are fed, never the values of a step (train.feature_cache serves the features
-# the backbone computes, tests/test_feature_cache.py; train.feature_cache_dtype, data.deterministic
-# and eval.tta are not here: the first two can change the inputs or their order, the last the
-# validation metrics that pick the best checkpoint). Any other difference is refused.
+# the backbone computes, tests/test_feature_cache.py; eval.tta is used by eval and predict
+# only). Not here: train.feature_cache_dtype and data.deterministic, which can change the
+# inputs or their order. Any other difference from the record is refused.
 RESUME_CHANGEABLE = ('train.epochs', 'train.on_nonfinite', 'train.prefetch_to_device',
                      'train.feature_cache', 'checkpoint.every_steps', 'checkpoint.keep',
-                     'checkpoint.async_save', 'eval.batch_size', 'data.num_parallel_calls',
-                     'data.prefetch')
+                     'checkpoint.async_save', 'eval.batch_size', 'eval.tta',
+                     'data.num_parallel_calls', 'data.prefetch')
 
 
 class ConfigMismatchError(ValueError):

@@ -114,8 +114,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
   (the feature cache), 'image' holds cut-layer features [B, h, w, C] and the frozen backbone
   params pass through. label_smoothing: of the loss (`loss_and_correct`). ema_decay: with a
   state that keeps an EMA, ema <- d * ema + (1 - d) * params after each update. metrics: scalars
-  'loss' (the smoothed one when smoothing), 'accuracy' (batch means) and 'nonfinite' (1 when this step's loss or gradients were not finite; the
-  update was then skipped when `guard_nonfinite`). With shardings given, the state is laid out
+  'loss' (the smoothed one when smoothing), 'accuracy' (batch means) and 'nonfinite' (1 when
+  this step's loss or gradients were not finite; the update was then skipped when
+  `guard_nonfinite`). With shardings given, the state is laid out
   with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
   compiler_options: XLA options; None = `xla_options.compiler_options()`, {} = XLA's defaults.
   """

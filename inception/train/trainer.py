@@ -418,8 +418,8 @@ class _Loop:
   """The epochs of one run: train steps with periodic metric syncs and saves, then each
   epoch's evaluation, best checkpoint and checkpoint."""
 
-  def __init__(self, config, workdir: epath.Path, info, setup: Setup, state, ckpt: _Checkpoints, log,
-               steps_per_epoch: int, start_step: int, best: dict | None,
+  def __init__(self, config, workdir: epath.Path, info, setup: Setup, state,
+               ckpt: _Checkpoints, log, steps_per_epoch: int, start_step: int, best: dict | None,
                preemption: _PreemptionSignal):
     self.config, self.workdir, self.info, self.log = config, workdir, info, log
     self.state, self.ckpt, self.spe, self.step, self.best = state, ckpt, steps_per_epoch, \
@@ -557,8 +557,8 @@ class _Loop:
     return meta
 
 
-def finish(config, workdir: epath.Path, state, info, class_names, run_eval, log, *, wall_time: float,
-           total_steps: int, provenance: dict, resumed_from: int) -> dict:
+def finish(config, workdir: epath.Path, state, info, class_names, run_eval, log, *,
+           wall_time: float, total_steps: int, provenance: dict, resumed_from: int) -> dict:
   """Final evaluation, plots, confusion matrix, seed table and summary.json."""
   val = run_eval(state, 'validation')
   test = run_eval(state, 'test') if info.num_examples.get('test', 0) else None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from data import cache as data_cache
 from inception import paths
 
 FORMAT_VERSION = 1
@@ -32,14 +33,11 @@ class DownloadError(WeightsError):
 
 
 def default_cache_dir() -> pathlib.Path:
-  """$INCEPTION_FLAX_CACHE, else $XDG_CACHE_HOME/inception-flax, else ~/.cache/inception-flax."""
-  if os.environ.get('INCEPTION_FLAX_CACHE'):
-    paths.require_local(os.environ['INCEPTION_FLAX_CACHE'], '$INCEPTION_FLAX_CACHE',
-                        'it holds data sets, feature caches and weights used in place')
-    return pathlib.Path(os.environ['INCEPTION_FLAX_CACHE']).expanduser()
-  if os.environ.get('XDG_CACHE_HOME'):
-    return pathlib.Path(os.environ['XDG_CACHE_HOME']).expanduser() / 'inception-flax'
-  return pathlib.Path.home() / '.cache' / 'inception-flax'
+  """The project's cache (`data.cache.cache_dir`: $INCEPTION_FLAX_CACHE, else
+  $XDG_CACHE_HOME/inception-flax, else ~/.cache/inception-flax); a URI is refused."""
+  paths.require_local(os.environ.get('INCEPTION_FLAX_CACHE', ''), '$INCEPTION_FLAX_CACHE',
+                      'it holds data sets, feature caches and weights used in place')
+  return data_cache.cache_dir()
 
 
 def open_cache(cache_dir: str | os.PathLike | None) -> pathlib.Path:

