@@ -22,6 +22,7 @@ for _kind in ('GPU', 'TPU'):
 _EXPORTS = {'DatasetInfo': 'data.dataset', 'prepare': 'data.dataset',
             'train_batches': 'data.pipeline', 'eval_batches': 'data.pipeline',
             'folder_batches': 'data.pipeline', 'file_batches': 'data.pipeline',
+            'array_batches': 'data.pipeline',
             'list_images': 'data.pipeline', 'usable_images': 'data.pipeline',
             'steps_per_epoch': 'data.pipeline'}
 __all__ = list(_EXPORTS)

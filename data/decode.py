@@ -18,13 +18,18 @@ def decode(raw: tf.Tensor) -> tf.Tensor:
   return img
 
 
-def decode_resize(path: tf.Tensor, image_size: int, resize_method: str) -> tf.Tensor:
-  """File -> float32 [S, S, 3] on the 0..255 scale."""
-  img = decode(tf.io.read_file(path))
+def resize(img: tf.Tensor, image_size: int, resize_method: str) -> tf.Tensor:
+  """Image [H, W, 3] (uint8, or float on the 0..255 scale) -> float32 [S, S, 3], 0..255, as
+  Keras' load_img resizes: 'nearest' as is, other methods antialiased and rounded to integers
+  (PIL's filters return uint8)."""
   if resize_method == 'nearest':
     img = tf.image.resize(img, [image_size, image_size], method='nearest')
   else:
-    # PIL's filters (Keras' load_img) antialias when downscaling and return uint8.
     img = tf.image.resize(img, [image_size, image_size], method=resize_method, antialias=True)
     img = tf.round(tf.clip_by_value(img, 0.0, 255.0))
   return tf.cast(img, tf.float32)
+
+
+def decode_resize(path: tf.Tensor, image_size: int, resize_method: str) -> tf.Tensor:
+  """File -> float32 [S, S, 3] on the 0..255 scale."""
+  return resize(decode(tf.io.read_file(path)), image_size, resize_method)

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from data import augment
 from data import cache
-from data.decode import decode, decode_resize  # pylint: disable=unused-import  # Also public here.
+from data.decode import decode, decode_resize, resize  # pylint: disable=unused-import  # Also public here.
 from data import imagecheck
 from data import restructure
 from data import preprocessing
@@ -220,6 +220,36 @@ def file_batches(paths: Sequence[str], labels: Sequence[int],
   paths = np.array(paths, dtype=str) if len(paths) else np.zeros([0], str)
   yield from _padded_batches(paths, np.asarray(labels, np.int32), config_data, batch_size,
                              process_index, process_count, with_index=with_index)
+
+
+def array_batches(images: Sequence[np.ndarray], config_data: ml_collections.ConfigDict, *,
+                  batch_size: int, process_index: int = 0, process_count: int = 1
+                  ) -> Iterator[dict]:
+  """`file_batches` of images held in memory: each [H, W, 3] (any H and W; uint8, or float on
+  the 0..255 scale) resized and preprocessed as a decoded file is. Yields {'image': float32
+  [B, S, S, 3], 'mask': bool [B], 'index': int [B] (position in `images`, -1 = padding)}."""
+  local = local_batch_size(batch_size, process_index, process_count)
+  idx = padded_indices(len(images), batch_size, local, process_index)
+  if not len(idx):
+    return
+  s = config_data.image_size
+  preprocess = preprocessing.get(config_data.preprocess)
+  padding = np.zeros([1, 1, 3], np.float32)
+
+  def examples():
+    for i in idx:
+      yield (np.asarray(images[i], np.float32) if i >= 0 else padding), i
+
+  def load(img, i):
+    out = resize(img, s, config_data.resize_method)
+    out.set_shape([s, s, 3])
+    return {'image': preprocess(out), 'mask': i >= 0, 'index': i}
+
+  ds = tf.data.Dataset.from_generator(
+      examples, output_signature=(tf.TensorSpec([None, None, 3], tf.float32),
+                                  tf.TensorSpec([], tf.int64)))
+  ds = ds.map(load, num_parallel_calls=_npc(config_data), deterministic=True)
+  yield from _finish(ds.batch(local), config_data).as_numpy_iterator()
 
 
 def list_images(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:

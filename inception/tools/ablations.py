@@ -34,10 +34,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inception import paths
+from inception.train import metrics
 
+# test_macro_f1 ... test_brier: `metrics.headline` of summary['test']['metrics'] (blank for runs
+# from before the trainer wrote it).
+TEST_METRICS = ('test_macro_f1', 'test_balanced_accuracy', 'test_nll', 'test_ece', 'test_brier')
 COLUMNS = ('variant', 'seed', 'best_val_accuracy', 'best_val_loss', 'final_val_accuracy',
-           'final_val_loss', 'train_accuracy', 'train_loss', 'test_accuracy', 'epochs',
-           'wall_time_s', 'synthetic')
+           'final_val_loss', 'train_accuracy', 'train_loss', 'test_accuracy') + TEST_METRICS + (
+               'epochs', 'wall_time_s', 'synthetic')
 
 
 def load_config_module(path: str):
@@ -53,13 +57,16 @@ def load_config_module(path: str):
 def _row(variant: str, seed: int, summary: dict) -> dict:
   best = summary.get('best_validation') or {}
   test = summary.get('test') or {}
+  headline = metrics.headline(test['metrics']) if test.get('metrics') else {}
   return {'variant': variant, 'seed': seed,
           'best_val_accuracy': best.get('accuracy'), 'best_val_loss': best.get('loss'),
           'final_val_accuracy': summary['final_validation']['accuracy'],
           'final_val_loss': summary['final_validation']['loss'],
           'train_accuracy': summary['final_train']['accuracy'],
           'train_loss': summary['final_train']['loss'],
-          'test_accuracy': test.get('accuracy'), 'epochs': summary['epochs'],
+          'test_accuracy': test.get('accuracy'),
+          **{c: headline.get(c.removeprefix('test_')) for c in TEST_METRICS},
+          'epochs': summary['epochs'],
           'wall_time_s': summary['wall_time_s'], 'synthetic': summary['synthetic']}
 
 
@@ -73,8 +80,9 @@ def _fmt(v, column: str = '') -> str:
   return str(v)
 
 
-SUMMARY_COLUMNS = ('test_accuracy', 'best_val_accuracy', 'final_val_accuracy', 'final_val_loss',
-                   'train_accuracy', 'train_loss', 'wall_time_s')
+SUMMARY_COLUMNS = ('test_accuracy',) + TEST_METRICS + (
+    'best_val_accuracy', 'final_val_accuracy', 'final_val_loss', 'train_accuracy', 'train_loss',
+    'wall_time_s')
 
 
 def summary_rows(rows: Sequence[dict]) -> list[dict]:

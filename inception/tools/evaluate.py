@@ -35,7 +35,9 @@ import data
 from data import restructure
 from inception import checks
 from inception import paths
+from inception.train import calibration
 from inception.train import checkpoints
+from inception.train import metrics as metrics_lib
 from inception.train import param_rules
 from inception.train import reporting
 from inception.train import run_record
@@ -52,7 +54,8 @@ class Restored:
 
   variables: {'params', 'batch_stats'} replicated over `mesh`; meta: the checkpoint's JSON meta
   (step, epoch, metrics); batch_size: eval.batch_size rounded up to a multiple of the device
-  count (padding is masked, so metrics do not depend on it).
+  count (padding is masked, so metrics do not depend on it); temperature: the temperature
+  scaling to apply (`calibration`: its calibration.json entry), None when there is none.
   """
   record: run_record.RunRecord
   config: ml_collections.ConfigDict
@@ -62,6 +65,9 @@ class Restored:
   mesh: Any
   checkpoint: str
   batch_size: int
+  temperature: float | None = None
+  calibration: dict | None = None
+  workdir: str | None = None
 
 
 def validate_overrides(config: ml_collections.ConfigDict) -> None:
@@ -89,11 +95,13 @@ def _checkpoint_dir(workdir: epath.Path, checkpoint: str) -> tuple[epath.Path, i
 
 def restore(workdir: str | os.PathLike, checkpoint: str = 'latest', *,
             config: ml_collections.ConfigDict | None = None, tta: str | None = None,
-            log: Callable[[str], None] = print) -> Restored:
+            calibrated: bool = True, log: Callable[[str], None] = print) -> Restored:
   """The run in `workdir` with `checkpoint` = 'latest' | 'best' | a step number restored.
 
   config: optional --config; only `run_record.EVAL_OVERRIDABLE` keys may differ from the run's.
   tta: eval.tta for this evaluation (e.g. train.py's --tta), over the run's and `config`'s.
+  calibrated: apply the temperature `--mode=calibrate` fitted for this checkpoint's step and
+    test-time augmentation (`inception.train.calibration`), when there is one; False: never.
   Raises FileNotFoundError (no run record), ValueError (a refused config key) or
   NoCheckpointError (with the directory and what exists).
   """
@@ -134,7 +142,27 @@ def restore(workdir: str | os.PathLike, checkpoint: str = 'latest', *,
   if batch_size != config.eval.batch_size:
     log(f'eval.batch_size {config.eval.batch_size} -> {batch_size}: a multiple of the '
         f'{devices} devices (padding is masked out)')
-  return Restored(record, config, model, variables, meta, mesh, checkpoint, batch_size)
+  entry = _calibration_of(workdir, int(meta['step']), tta_of(config), log) if calibrated \
+      else None
+  return Restored(record, config, model, variables, meta, mesh, checkpoint, batch_size,
+                  temperature=None if entry is None else float(entry['temperature']),
+                  calibration=entry, workdir=os.fspath(paths.absolute(workdir)))
+
+
+def _calibration_of(workdir: epath.Path, step: int, tta: str, log) -> dict | None:
+  """The calibration entry for (step, tta), said in the log; a note when the run has
+  temperatures, but none for this checkpoint."""
+  entry = calibration.lookup(workdir, step, tta)
+  if entry is not None:
+    log(f'Temperature scaling: T={entry["temperature"]:.6g} (fitted on {entry["split"]} for '
+        f'step {step}, tta={tta}, by --mode=calibrate): probabilities use logits / T.')
+    return entry
+  others = [(e['step'], e['tta']) for e in calibration.load(workdir)]
+  if others:
+    log(f'NOTE: {workdir / calibration.FILE} has temperatures for (step, tta) {others}, none '
+        f'for step {step} with tta={tta}: probabilities are not temperature-scaled (run '
+        f'--mode=calibrate with this checkpoint and --tta to fit one).')
+  return None
 
 
 def _digest(rows) -> str:
@@ -177,53 +205,77 @@ def _output_stem(workdir: epath.Path, what: str, checkpoint: str, step: int, tta
   return workdir / 'eval' / (f'{what}_{label}' + ('' if tta == 'none' else f'_tta-{tta}'))
 
 
+def data_batches(r: Restored, *, split: str = 'validation', eval_dir: str | None = None,
+                 data_root: str | None = None, log: Callable[[str], None] = print
+                 ) -> tuple[Any, str, str, dict]:
+  """(batches, what, output name, the data's identity) of the run's recorded `split` (its
+  manifest's files, sha256-checked, under the recorded root or `data_root`) or of a
+  class-folder tree `eval_dir`. Batches: {'image', 'label', 'mask'}, this process's share."""
+  if eval_dir:
+    paths.require_local(eval_dir, '--eval_dir', 'images are listed and read in place')
+    root = Path(eval_dir)
+    files, identity = _folder_files(root, r.record.class_names)
+    slug = re.sub(r'[^A-Za-z0-9._-]+', '_', root.absolute().name) or 'root'
+    return (_folder_batches(files, r.config.data, r.batch_size, log), f'folder {root}',
+            f'folder-{slug}-{identity["files_sha256"][:8]}', identity)
+  root = Path(data_root) if data_root else Path(r.record.data['root'])
+  manifest = r.record.manifest()
+  if not manifest['splits'].get(split):
+    raise ValueError(f'--split={split!r} has no examples in the run\'s data '
+                     f'({r.record.data["num_examples"]}); use validation or test')
+  image_paths, labels = restructure.verified_split(root, manifest, split)
+  identity = {'kind': 'split', 'split': split, 'root': str(root),
+              'manifest_sha256': r.record.data['manifest_sha256'],
+              'files_sha256': _digest([[e['path'], e.get('stored_sha256', e['sha256'])]
+                                       for e in manifest['splits'][split]]),
+              'num_files': len(image_paths), 'description': r.record.data['description']}
+  batches = data.file_batches(image_paths, labels, r.config.data, batch_size=r.batch_size,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  return batches, split, split, identity
+
+
 def evaluate(workdir: str | os.PathLike, *, checkpoint: str = 'latest', split: str = 'validation',
              eval_dir: str | None = None, data_root: str | None = None,
              config: ml_collections.ConfigDict | None = None, tta: str | None = None,
              log: Callable[[str], None] = print) -> dict:
-  """Loss, accuracy, count and confusion matrix of a checkpoint on `split` or `eval_dir`.
+  """Loss, accuracy, the metrics a paper reports and the confusion matrix of a checkpoint on
+  `split` or `eval_dir`.
 
   split: 'validation' | 'test', the files the run's manifest lists (checked by sha256) under
     the recorded subset root, or under `data_root` when the subset was moved.
   eval_dir: instead, a class-folder tree `<eval_dir>/<class name>/*` with the run's classes.
   config, tta: optional --config and --tta (see `restore`).
+  With a temperature fitted for the checkpoint (`--mode=calibrate`), the headline figures and
+  'metrics' are the temperature-scaled ones; 'calibration' holds T and NLL, ECE and Brier score
+  before and after.
   Returns the dict written to the eval JSON.
   Raises FileNotFoundError / ValueError naming a missing or changed file.
   """
   workdir = paths.as_path(workdir)
   r = restore(workdir, checkpoint, config=config, tta=tta, log=log)
   repl, dsh = sharding.replicated(r.mesh), sharding.data_sharded(r.mesh)
-  if eval_dir:
-    paths.require_local(eval_dir, '--eval_dir', 'images are listed and read in place')
-    root = Path(eval_dir)
-    files, identity = _folder_files(root, r.record.class_names)
-    slug = re.sub(r'[^A-Za-z0-9._-]+', '_', root.absolute().name) or 'root'
-    what, name = f'folder {root}', f'folder-{slug}-{identity["files_sha256"][:8]}'
-    batches = _folder_batches(files, r.config.data, r.batch_size, log)
-  else:
-    root = Path(data_root) if data_root else Path(r.record.data['root'])
-    manifest = r.record.manifest()
-    if not manifest['splits'].get(split):
-      raise ValueError(f'--split={split!r} has no examples in the run\'s data '
-                       f'({r.record.data["num_examples"]}); use validation or test')
-    image_paths, labels = restructure.verified_split(root, manifest, split)
-    identity = {'kind': 'split', 'split': split, 'root': str(root),
-                'manifest_sha256': r.record.data['manifest_sha256'],
-                'files_sha256': _digest([[e['path'], e.get('stored_sha256', e['sha256'])]
-                                         for e in manifest['splits'][split]]),
-                'num_files': len(image_paths), 'description': r.record.data['description']}
-    what = name = split
-    batches = data.file_batches(image_paths, labels, r.config.data, batch_size=r.batch_size,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
+  batches, what, name, identity = data_batches(r, split=split, eval_dir=eval_dir,
+                                               data_root=data_root, log=log)
   tta = tta_of(r.config)
-  eval_step = steps_lib.make_eval_step(r.model, len(r.record.class_names), tta=tta,
+  names = list(r.record.class_names)
+  eval_step = steps_lib.make_eval_step(r.model, len(names), tta=tta, temperature=r.temperature,
                                        replicated=repl, batch_sharding=dsh)
-  res = steps_lib.evaluate_batches(eval_step, r.variables, batches, r.mesh)
+  raw = steps_lib.evaluate_batches(eval_step, r.variables, batches, r.mesh)
+  res = raw.get('calibrated', raw)
+  report = metrics_lib.report(res['sums'], names)
+  calib = None
+  if r.temperature is not None:
+    calib = {'temperature': r.temperature, 'fitted': r.calibration,
+             'before': {'loss': raw['loss'], 'accuracy': raw['accuracy'],
+                        **metrics_lib.headline(metrics_lib.report(raw['sums'], names))},
+             'after': {'loss': res['loss'], 'accuracy': res['accuracy'],
+                       **metrics_lib.headline(report)}}
   step = int(r.meta['step'])
   out = {'format': FORMAT, 'what': what, 'checkpoint': checkpoint, 'step': step,
          'epoch': r.meta.get('epoch'), 'loss': res['loss'], 'accuracy': res['accuracy'],
-         'count': res['count'], 'class_names': list(r.record.class_names),
+         **metrics_lib.headline(report), 'count': res['count'], 'class_names': names,
+         'metrics': report, 'temperature': r.temperature, 'calibration': calib,
          'confusion': res['confusion'].tolist(), 'data': identity,
          'trained_on_synthetic_data': r.record.is_synthetic,
          'workdir': os.fspath(paths.absolute(workdir)),
@@ -233,11 +285,20 @@ def evaluate(workdir: str | os.PathLike, *, checkpoint: str = 'latest', split: s
     stem.parent.mkdir(parents=True, exist_ok=True)
     if paths.as_path(f'{stem}.json').exists():
       log(f'Replacing {stem}.json: the same evaluation (same data, checkpoint and step) again.')
-    reporting.save_confusion(res['confusion'], r.record.class_names, f'{stem}_confusion')
+    reporting.save_confusion(res['confusion'], names, f'{stem}_confusion')
+    reporting.save_reliability(report, f'{stem}_reliability')
     reporting.write_json(f'{stem}.json', out)
-    log(f'Wrote {stem}.json')
+    log(f'Wrote {stem}.json (+ _confusion and _reliability .png)')
   if r.record.is_synthetic:
     log(r.record.data['banner'])
+  log(metrics_lib.format_report(report))
+  if calib is not None:
+    b, a = calib['before'], calib['after']
+    log(f'temperature scaling T={r.temperature:.6g}: nll {b["nll"]:.4f} -> {a["nll"]:.4f}, '
+        f'ece {b["ece"]:.4f} -> {a["ece"]:.4f}, accuracy {b["accuracy"]:.4f} -> '
+        f'{a["accuracy"]:.4f}')
+  extra = ('' if tta == 'none' else f', tta={tta}') + \
+      ('' if r.temperature is None else f', temperature={r.temperature:.6g}')
   log(f'{what} @ step {step} ({checkpoint}): accuracy {res["accuracy"]!r} '
-      f'loss {res["loss"]!r} (n={res["count"]}' + ('' if tta == 'none' else f', tta={tta}') + ')')
+      f'loss {res["loss"]!r} (n={res["count"]}{extra})')
   return out

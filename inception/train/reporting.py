@@ -1,5 +1,6 @@
 """What a run shows and leaves behind: metrics.jsonl, TensorBoard events, progress bars,
-the seed notebook's final table, accuracy/loss curves and the confusion matrix.
+the seed notebook's final table, accuracy/loss curves, the confusion matrix and the
+reliability diagram.
 """
 
 from __future__ import annotations
@@ -223,6 +224,51 @@ def save_confusion(confusion: np.ndarray, class_names: Sequence[str], stem: str 
   paths.save_figure(fig, f'{os.fspath(stem)}.png', dpi=100)
   plt.close(fig)
   return result
+
+
+def save_reliability(report_or_reliability: dict, stem: str | os.PathLike,
+                     title: str = '') -> None:
+  """Writes <stem>.png: a reliability diagram of a `metrics.report` (or of its 'reliability'
+  dict): accuracy per top-label confidence bin as bars against the diagonal, the gap to the
+  bin's mean confidence hatched, ECE in the title, example counts per bin below."""
+  rel = report_or_reliability.get('reliability', report_or_reliability)
+  edges = np.asarray(rel['bin_edges'], np.float64)
+  counts = np.asarray(rel['count'], np.int64)
+  full = counts > 0  # Empty bins have None for their means: drawn as nothing.
+  acc = np.array([a if a is not None else 0.0 for a in rel['accuracy']], np.float64)
+  conf = np.array([c if c is not None else 0.0 for c in rel['confidence']], np.float64)
+  total = int(counts.sum())
+  ece = report_or_reliability.get('ece')
+  if ece is None:  # A bare reliability dict: the same sum as `metrics.calibration`'s.
+    ece = float((counts * np.abs(acc - conf)).sum() / total) if total else math.nan
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax, axn) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                gridspec_kw={'height_ratios': (3, 1)})
+  left, width = edges[:-1][full], np.diff(edges)[full]
+  ax.bar(left, acc[full], width, align='edge', color='tab:blue', edgecolor='navy',
+         label='accuracy')
+  ax.bar(left, np.abs(acc - conf)[full], width, bottom=np.minimum(acc, conf)[full],
+         align='edge', color='tab:red', alpha=0.3, edgecolor='tab:red', hatch='//',
+         label='gap to mean confidence')
+  ax.plot([0, 1], [0, 1], '--', color='gray', label='perfect calibration')
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('accuracy')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='upper left', fontsize=9)
+  stats = f'ECE {ece:.4f}, n={total}, {len(counts)} bins'
+  ax.set_title(f'{title}\n{stats}' if title else f'Reliability ({stats})', fontsize=10)
+  axn.bar(edges[:-1], counts, np.diff(edges), align='edge', color='gray', edgecolor='black')
+  for x, w, n in zip(edges[:-1][full], np.diff(edges)[full], counts[full]):
+    axn.text(x + w / 2, n, str(n), ha='center', va='bottom', fontsize=7)
+  axn.set_ylim(0, max(1, counts.max()) * 1.25)  # Room for the count labels.
+  axn.set_xlabel('top-label confidence')
+  axn.set_ylabel('examples')
+  fig.tight_layout()
+  paths.save_figure(fig, f'{os.fspath(stem)}.png', dpi=100)
+  plt.close(fig)
 
 
 def progress(total: int, desc: str, disable: bool = False):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from inception.train import metrics
 from inception.train import param_rules
 from inception.train import sharding
 from inception.train import xla_options
@@ -207,43 +208,95 @@ def views(images: jax.Array, tta: str) -> list[jax.Array]:
   return [images] if tta == 'none' else [images, jnp.flip(images, axis=2)]
 
 
-def tta_log_probabilities(model: nn.Module, variables: Any, images: jax.Array, tta: str
-                          ) -> jax.Array:
-  """log of the mean over `views` of the class probabilities, [B, K]."""
-  logps = [log_probabilities(model.apply(variables, v, train=False)) for v in views(images, tta)]
+def scale_logits(logits: jax.Array, temperature: float | None) -> jax.Array:
+  """float32 logits / temperature (temperature scaling, `inception.train.calibration`); None:
+  the logits unchanged."""
+  logits = logits.astype(jnp.float32)
+  return logits if temperature is None else logits / jnp.float32(temperature)
+
+
+def view_logits(model: nn.Module, variables: Any, images: jax.Array, tta: str,
+                temperature: float | None = None) -> list[jax.Array]:
+  """The (temperature-scaled) float32 logits [B, L] of each test-time view (`views`)."""
+  return [scale_logits(model.apply(variables, v, train=False), temperature)
+          for v in views(images, tta)]
+
+
+def mean_log_probabilities(logits: list[jax.Array]) -> jax.Array:
+  """log of the mean over views of the class probabilities, [B, K], from each view's logits."""
+  logps = [log_probabilities(l) for l in logits]
   return jax.nn.logsumexp(jnp.stack(logps), axis=0) - jnp.log(float(len(logps)))
 
 
+def tta_log_probabilities(model: nn.Module, variables: Any, images: jax.Array, tta: str,
+                          temperature: float | None = None) -> jax.Array:
+  """log of the mean over `views` of the class probabilities, [B, K]."""
+  return mean_log_probabilities(view_logits(model, variables, images, tta, temperature))
+
+
+def predict_probabilities(model: nn.Module, variables: Any, images: jax.Array, *,
+                          tta: str = 'none', temperature: float | None = None) -> jax.Array:
+  """Class probabilities [B, K] (K >= 2) of preprocessed images [B, H, W, 3]: what predict,
+  the Python API and the exported models compute. tta='flip': the mean of the image's and its
+  mirror image's; temperature: the logits are divided by it first (None: not scaled)."""
+  if tta == 'none':
+    return probabilities(view_logits(model, variables, images, tta, temperature)[0])
+  return jnp.exp(tta_log_probabilities(model, variables, images, tta, temperature))
+
+
+def batch_sums(logits: list[jax.Array], labels: jax.Array, mask: jax.Array, num_classes: int
+               ) -> dict:
+  """Sums over the real examples (`mask`) of one batch, from each test-time view's logits
+  [B, L] (already temperature-scaled): 'loss' (-log p(label)), 'correct', 'count',
+  'confusion' int32 [K, K] (rows: true class, columns: predicted class), 'brier'
+  (sum_k (p_k - y_k)^2), and per confidence bin b ((b/15, (b+1)/15]) 'bin_count',
+  'bin_confidence' and 'bin_correct' [15]: what `inception.train.metrics` reports from."""
+  k = max(num_classes, 2)
+  labels = labels.astype(jnp.int32)
+  if len(logits) == 1:
+    loss, correct = loss_and_correct(logits[0], labels)
+    probs = probabilities(logits[0])
+    pred = jnp.argmax(probs, axis=-1)
+  else:
+    logp = mean_log_probabilities(logits)
+    loss = -jnp.take_along_axis(logp, labels[:, None], 1)[:, 0]
+    probs = jnp.exp(logp)
+    pred = jnp.argmax(logp, axis=-1)
+    correct = (pred == labels).astype(jnp.float32)
+  m = mask.astype(jnp.float32)
+  onehot = jax.nn.one_hot(labels, k)
+  conf = jnp.einsum('bi,bj->ij', onehot * m[:, None], jax.nn.one_hot(pred, k)).astype(jnp.int32)
+  top = jnp.max(probs, axis=-1)
+  bins = jax.nn.one_hot(jnp.clip(jnp.ceil(top * metrics.ECE_BINS).astype(jnp.int32) - 1, 0,
+                                 metrics.ECE_BINS - 1), metrics.ECE_BINS) * m[:, None]
+  return {'loss': jnp.sum(loss * m), 'correct': jnp.sum(correct * m), 'count': jnp.sum(m),
+          'confusion': conf, 'brier': jnp.sum(jnp.sum((probs - onehot) ** 2, -1) * m),
+          'bin_count': jnp.sum(bins, 0), 'bin_confidence': bins.T @ top,
+          'bin_correct': bins.T @ correct}
+
+
 def make_eval_step(model: nn.Module, num_classes: int, *, tta: str = 'none',
-                   replicated: Any = None, batch_sharding: Any = None,
-                   compiler_options: dict | None = None) -> Callable:
-  """Jitted `eval_step(variables, batch) -> sums`.
+                   temperature: float | None = None, replicated: Any = None,
+                   batch_sharding: Any = None, compiler_options: dict | None = None
+                   ) -> Callable:
+  """Jitted `eval_step(variables, batch) -> sums` (`batch_sums`).
 
   batch: {'image', 'label', 'mask': bool [B]} (padded examples have mask False); 'image' is
   features for a `transfer.HeadOnly` model (then only tta='none').
   tta: 'flip' scores the mean of the image's and its mirror image's class probabilities: loss
   -log p(label), prediction its argmax.
-  sums: 'loss' and 'correct' summed over real examples, 'count', and 'confusion'
-  int32 [K, K] (rows: true class, columns: predicted class).
+  temperature: when given, sums also holds 'calibrated': the same sums with the logits divided
+  by it (one forward pass serves both).
   """
-  k = max(num_classes, 2)
   check_tta(tta)  # Now, not at the first batch.
 
   def eval_step(variables, batch):
-    if tta == 'none':
-      logits = model.apply(variables, batch['image'], train=False)
-      loss, correct = loss_and_correct(logits, batch['label'])
-      pred = jnp.argmax(probabilities(logits), axis=-1)
-    else:
-      logp = tta_log_probabilities(model, variables, batch['image'], tta)
-      loss = -jnp.take_along_axis(logp, batch['label'][:, None].astype(jnp.int32), 1)[:, 0]
-      pred = jnp.argmax(logp, axis=-1)
-      correct = (pred == batch['label']).astype(jnp.float32)
-    m = batch['mask'].astype(jnp.float32)
-    conf = jnp.einsum('bi,bj->ij', jax.nn.one_hot(batch['label'], k) * m[:, None],
-                      jax.nn.one_hot(pred, k)).astype(jnp.int32)
-    return {'loss': jnp.sum(loss * m), 'correct': jnp.sum(correct * m),
-            'count': jnp.sum(m), 'confusion': conf}
+    logits = view_logits(model, variables, batch['image'], tta)
+    sums = batch_sums(logits, batch['label'], batch['mask'], num_classes)
+    if temperature is not None:
+      sums['calibrated'] = batch_sums([scale_logits(l, temperature) for l in logits],
+                                      batch['label'], batch['mask'], num_classes)
+    return sums
 
   kwargs = {}
   if replicated is not None:
@@ -251,17 +304,15 @@ def make_eval_step(model: nn.Module, num_classes: int, *, tta: str = 'none',
   return jax.jit(eval_step, compiler_options=_options(compiler_options), **kwargs)
 
 
-def make_predict_step(model: nn.Module, *, tta: str = 'none', replicated: Any = None,
-                      batch_sharding: Any = None, compiler_options: dict | None = None
-                      ) -> Callable:
-  """Jitted `predict_step(variables, images) -> probabilities [B, K]` (K >= 2); tta='flip':
-  the mean of the image's and its mirror image's (see `make_eval_step`)."""
+def make_predict_step(model: nn.Module, *, tta: str = 'none', temperature: float | None = None,
+                      replicated: Any = None, batch_sharding: Any = None,
+                      compiler_options: dict | None = None) -> Callable:
+  """Jitted `predict_step(variables, images) -> probabilities [B, K]` (K >= 2), as
+  `predict_probabilities` computes them."""
   check_tta(tta)
 
   def predict_step(variables, images):
-    if tta == 'none':
-      return probabilities(model.apply(variables, images, train=False))
-    return jnp.exp(tta_log_probabilities(model, variables, images, tta))
+    return predict_probabilities(model, variables, images, tta=tta, temperature=temperature)
 
   kwargs = {}
   if replicated is not None:
@@ -269,15 +320,41 @@ def make_predict_step(model: nn.Module, *, tta: str = 'none', replicated: Any = 
   return jax.jit(predict_step, compiler_options=_options(compiler_options), **kwargs)
 
 
+def make_logits_step(model: nn.Module, *, tta: str = 'none', replicated: Any = None,
+                     batch_sharding: Any = None, compiler_options: dict | None = None
+                     ) -> Callable:
+  """Jitted `logits_step(variables, images) -> [per view: float32 logits [B, L]]` (`views`),
+  unscaled: what temperature scaling is fitted on."""
+  check_tta(tta)
+
+  def logits_step(variables, images):
+    return view_logits(model, variables, images, tta)
+
+  kwargs = {}
+  if replicated is not None:
+    kwargs = dict(in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
+  return jax.jit(logits_step, compiler_options=_options(compiler_options), **kwargs)
+
+
 def evaluate_batches(eval_step: Callable, variables: dict, batches, mesh) -> dict:
-  """Runs `eval_step` over an iterable of host batches; returns loss/accuracy/count/confusion."""
+  """Runs `eval_step` over an iterable of host batches; returns 'loss' and 'accuracy' (means
+  over the examples), 'count', 'confusion' and 'sums' (the summed `batch_sums`, numpy: what
+  `inception.train.metrics.report` takes), and 'calibrated' (the same) for a step with a
+  temperature."""
   total = None
   for batch in sharding.prefetch_to_device(batches, mesh):
     sums = eval_step(variables, batch)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   if total is None:
     raise ValueError('Evaluation got no batches (empty split?)')
-  total = jax.device_get(total)
-  count = float(total['count'])
-  return {'loss': float(total['loss']) / count, 'accuracy': float(total['correct']) / count,
-          'count': int(count), 'confusion': np.asarray(total['confusion'])}
+  return _summary(jax.device_get(total))
+
+
+def _summary(total: dict) -> dict:
+  sums = {k: np.asarray(v) for k, v in total.items() if k != 'calibrated'}
+  count = float(sums['count'])
+  out = {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count,
+         'count': int(count), 'confusion': sums['confusion'], 'sums': sums}
+  if 'calibrated' in total:
+    out['calibrated'] = _summary(total['calibrated'])
+  return out

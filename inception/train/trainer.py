@@ -28,6 +28,7 @@ from inception import checks
 from inception import paths
 from inception.train import checkpoints
 from inception.train import feature_cache
+from inception.train import metrics as metrics_lib
 from inception.train import optim
 from inception.train import param_rules
 from inception.train import reporting
@@ -562,6 +563,8 @@ def finish(config, workdir: epath.Path, state, info, class_names, run_eval, log,
   """Final evaluation, plots, confusion matrix, seed table and summary.json."""
   val = run_eval(state, 'validation')
   test = run_eval(state, 'test') if info.num_examples.get('test', 0) else None
+  reports = {split: metrics_lib.report(res['sums'], class_names)
+             for split, res in (('validation', val), ('test', test)) if res is not None}
   records = reporting.read_metrics(workdir)
   history = reporting.epoch_history(records)
   best = checkpoints.best_of([history['validation'][e] for e in sorted(history['validation'])],
@@ -572,18 +575,19 @@ def finish(config, workdir: epath.Path, state, info, class_names, run_eval, log,
       'steps': int(jax.device_get(state.step)), 'total_steps': total_steps,
       'epochs': config.train.epochs, 'resumed_from_step': resumed_from,
       'final_validation': {'loss': val['loss'], 'accuracy': val['accuracy'],
-                           'count': val['count']},
+                           'count': val['count'], 'metrics': reports['validation']},
       'best_validation': None if best is None else
       {'loss': best['loss'], 'accuracy': best['accuracy'], 'epoch': best['epoch']},
       'final_train': {k: last_train.get(k) for k in ('loss', 'accuracy')},
       'test': None if test is None else {'loss': test['loss'], 'accuracy': test['accuracy'],
-                                         'count': test['count']},
+                                         'count': test['count'], 'metrics': reports['test']},
       'weights': provenance, 'wall_time_s': wall_time,
   }
   if is_main():
-    reporting.save_confusion(val['confusion'], class_names, workdir / 'confusion_validation')
-    if test is not None:
-      reporting.save_confusion(test['confusion'], class_names, workdir / 'confusion_test')
+    for split, res in (('validation', val), ('test', test)):
+      if res is not None:
+        reporting.save_confusion(res['confusion'], class_names, workdir / f'confusion_{split}')
+        reporting.save_reliability(reports[split], workdir / f'reliability_{split}')
     if history['train']:
       reporting.plot_history(history, workdir / 'history.png',
                              title=('SYNTHETIC DATA - ' if info.is_synthetic else '') +
@@ -594,9 +598,10 @@ def finish(config, workdir: epath.Path, state, info, class_names, run_eval, log,
   log(table)
   if test is not None:
     log(f'test: accuracy {test["accuracy"]:.4f} loss {test["loss"]:.4f} (n={test["count"]})')
+    log(metrics_lib.format_report(reports['test']))
   log(f'Outputs in {workdir}: metrics.jsonl, tensorboard/, history.png, '
-      f'confusion_validation.{{png,json}}, summary.json, run.json and data_manifest.json (the '
-      f'run\'s record: eval and predict need only --workdir)')
+      f'confusion_validation.{{png,json}}, reliability_validation.png, summary.json, run.json '
+      f'and data_manifest.json (the run\'s record: eval and predict need only --workdir)')
   if info.is_synthetic:
     log(info.banner)
   return summary
