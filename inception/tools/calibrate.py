@@ -53,17 +53,18 @@ def calibrate(workdir: str | os.PathLike, *, checkpoint: str = 'latest',
               log: Callable[[str], None] = print) -> dict:
   """Fits and stores the temperature of `checkpoint` (with `tta`, else the run's eval.tta);
   returns the calibration.json entry: T, NLL, ECE and Brier score on validation before and
-  after, the accuracy, step, checkpoint and the data's identity."""
+  after, step, checkpoint and the data's identity. Raises
+  calibration.CalibrationError (nothing stored) when no temperature minimises the NLL."""
   r = evaluate.restore(workdir, checkpoint, config=config, tta=tta, calibrated=False, log=log)
   logits, labels, identity = validation_logits(r, log)
-  t = calibration.fit_temperature(logits, labels)
+  try:
+    t = calibration.fit_temperature(logits, labels)
+  except calibration.CalibrationError as e:
+    raise calibration.CalibrationError(
+        f'Cannot calibrate step {int(r.meta["step"])} of {workdir} ({checkpoint}): {e}') from None
   k = max(len(r.record.class_names), 2)
   before, after = (metrics_lib.calibration(metrics_lib.sums_from_probabilities(
       np.exp(calibration.log_probabilities(logits, temp)), labels, k)) for temp in (1.0, t))
-  lo, hi = calibration.T_RANGE
-  if not lo * 1.001 < t < hi / 1.001:
-    log(f'WARNING: the fitted temperature {t:.6g} is at the end of the search range '
-        f'{calibration.T_RANGE}: the validation split cannot be calibrated by one temperature.')
   tta_used = evaluate.tta_of(r.config)
   entry = {'step': int(r.meta['step']), 'tta': tta_used, 'temperature': t,
            'checkpoint': checkpoint, 'split': 'validation', 'count': int(len(labels)),

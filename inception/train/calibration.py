@@ -50,16 +50,45 @@ def nll(view_logits: Sequence[np.ndarray], labels: np.ndarray, temperature: floa
   return float(-np.mean(logp[np.arange(len(labels)), np.asarray(labels, np.int64)]))
 
 
+class CalibrationError(ValueError):
+  """No temperature minimises the validation NLL (the message says why and what to do)."""
+
+
+def _all_views_correct(view_logits: Sequence[np.ndarray], labels: np.ndarray) -> bool:
+  labels = np.asarray(labels, np.int64)
+  for logits in view_logits:
+    z = np.asarray(logits)
+    pred = (z[:, 0] > 0).astype(np.int64) if z.shape[-1] == 1 else np.argmax(z, axis=-1)
+    if np.any(pred != labels):
+      return False
+  return True
+
+
 def fit_temperature(view_logits: Sequence[np.ndarray], labels: np.ndarray) -> float:
-  """The T in `T_RANGE` that minimises `nll` (bounded scalar search over log T)."""
+  """The T in `T_RANGE` that minimises `nll` (bounded scalar search over log T).
+
+  Raises CalibrationError when there is no minimum: every view of every example classified
+  correctly (the NLL then falls towards 0 as T -> 0, making the model ever more confident), or
+  a fit at an end of `T_RANGE`."""
   from scipy import optimize  # pylint: disable=g-import-not-at-top  # jax depends on scipy.
-  if not len(labels):
-    raise ValueError('Temperature scaling needs at least one validation example')
+  n = len(labels)
+  if not n:
+    raise CalibrationError('Temperature scaling needs at least one validation example')
+  if _all_views_correct(view_logits, labels):
+    raise CalibrationError(
+        f'the checkpoint classifies all {n} validation examples correctly, so the validation NLL '
+        f'keeps falling as T -> 0 and has no minimum: a temperature fitted there would only make '
+        f'the model more confident. Temperature scaling needs validation errors: a larger '
+        f'validation split (data.validation_fraction) or another checkpoint.')
   lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
   res = optimize.minimize_scalar(lambda t: nll(view_logits, labels, float(np.exp(t))),
                                  bounds=(lo, hi), method='bounded',
                                  options={'xatol': 1e-7, 'maxiter': 500})
-  return float(np.exp(res.x))
+  t = float(np.exp(res.x))
+  if not T_RANGE[0] * 1.001 < t < T_RANGE[1] / 1.001:
+    raise CalibrationError(f'the validation NLL is smallest at T={t:.4g}, an end of the search '
+                           f'range {T_RANGE}: one temperature cannot calibrate this checkpoint')
+  return t
 
 
 def load(workdir: str | os.PathLike) -> list[dict]:
