@@ -39,8 +39,9 @@ config_flags.DEFINE_config_file('config', None, 'Config file, optionally `path.p
 flags.DEFINE_string('workdir', None, 'Run directory, a local path or a URI such as gs://b/run '
                     '(default: workdirs/<config stem>[_<arg>]). Required for eval/predict '
                     'without --config.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
-flags.DEFINE_string('checkpoint', 'latest', 'eval/predict: latest | best | STEP.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'calibrate', 'export'],
+                  'What to do.')
+flags.DEFINE_string('checkpoint', 'latest', 'eval/predict/calibrate/export: latest | best | STEP.')
 flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'eval: the split.')
 flags.DEFINE_string('eval_dir', None, 'eval: a class-folder tree to evaluate instead.')
 flags.DEFINE_string('data_root', None, 'eval --split: the run\'s restructured subset if it was '
@@ -50,6 +51,10 @@ flags.DEFINE_enum('tta', None, ['none', 'flip'], 'eval/predict: test-time augmen
                   'mirror\'s probabilities.')
 flags.DEFINE_list('inputs', [], 'predict: image files and/or folders.')
 flags.DEFINE_string('output', None, 'predict: CSV file for the predictions.')
+flags.DEFINE_list('format', ['savedmodel', 'onnx'], 'export: artefacts to write, any of '
+                  'savedmodel, onnx, tflite.')
+flags.DEFINE_string('export_dir', None, 'export: output folder (default: '
+                    '<workdir>/export/<checkpoint>_step<S>).')
 flags.DEFINE_bool('multihost', False, 'Multi-process job: call jax.distributed.initialize(), '
                   'auto-detecting what the flags below leave unset (TPU pods, Slurm, MPI).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0\'s '
@@ -197,10 +202,18 @@ def main(argv) -> int:
       evaluate.evaluate(workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                         eval_dir=FLAGS.eval_dir, data_root=FLAGS.data_root, config=config,
                         tta=FLAGS.tta, log=log)
-    else:
+    elif FLAGS.mode == 'predict':
       from inception.tools import predict  # pylint: disable=g-import-not-at-top
       predict.predict(workdir, FLAGS.inputs, checkpoint=FLAGS.checkpoint,
                       output=FLAGS.output, config=config, tta=FLAGS.tta, log=log)
+    elif FLAGS.mode == 'calibrate':
+      from inception.tools import calibrate  # pylint: disable=g-import-not-at-top
+      calibrate.calibrate(workdir, checkpoint=FLAGS.checkpoint, config=config, tta=FLAGS.tta,
+                          log=log)
+    else:
+      from inception.tools import export  # pylint: disable=g-import-not-at-top
+      export.export(workdir, checkpoint=FLAGS.checkpoint, formats=FLAGS.format,
+                    export_dir=FLAGS.export_dir, config=config, log=log)
   except trainer.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3
