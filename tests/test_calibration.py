@@ -50,8 +50,18 @@ def test_a_separable_validation_split_has_no_temperature():
   z = np.array([[-3.0], [2.0], [5.0]], np.float32)
   with pytest.raises(calibration.CalibrationError, match='all 3 validation examples correctly'):
     calibration.fit_temperature([z], np.array([0, 1, 1]))
-  # One wrong view of one example: a minimum exists again.
-  assert 0.02 < calibration.fit_temperature([z, -z[::-1]], np.array([0, 1, 1])) < 50
+  # One of two views wrong, with confident logits: the NLL falls to log(2) / 3 as T -> 0 and
+  # has no minimum either.
+  views, labels = [z, -z[::-1]], np.array([0, 1, 1])
+  assert calibration.nll(views, labels, 1e-3) == pytest.approx(np.log(2) / 3)
+  with pytest.raises(calibration.CalibrationError, match='no minimum inside'):
+    calibration.fit_temperature(views, labels)
+  # A plain error (one view): a minimum exists.
+  wrong = np.array([[-3.0], [-0.5], [5.0]], np.float32)
+  t = calibration.fit_temperature([wrong], labels)
+  assert calibration.T_RANGE[0] * 10 < t < calibration.T_RANGE[1] / 10
+  assert calibration.nll([wrong], labels, t) < min(calibration.nll([wrong], labels, t * f)
+                                                   for f in (0.9, 1.1))
   with pytest.raises(calibration.CalibrationError, match='at least one'):
     calibration.fit_temperature([np.zeros([0, 1])], np.zeros([0], int))
 

@@ -28,8 +28,9 @@ from inception import paths
 
 FILE = 'calibration.json'
 FORMAT = 1
-# Search interval of T; a fit at an end of it is reported (the model is then far off).
-T_RANGE = (0.02, 50.0)
+# Search interval of T, wide enough for a barely trained model's near-zero logits; a fit at an
+# end of it is refused (one temperature cannot fix such a model).
+T_RANGE = (1e-4, 1e4)
 
 
 def log_probabilities(view_logits: Sequence[np.ndarray], temperature: float) -> np.ndarray:
@@ -69,7 +70,7 @@ def fit_temperature(view_logits: Sequence[np.ndarray], labels: np.ndarray) -> fl
 
   Raises CalibrationError when there is no minimum: every view of every example classified
   correctly (the NLL then falls towards 0 as T -> 0, making the model ever more confident), or
-  a fit at an end of `T_RANGE`."""
+  an NLL no higher at an end of `T_RANGE` than at the fit."""
   from scipy import optimize  # pylint: disable=g-import-not-at-top  # jax depends on scipy.
   n = len(labels)
   if not n:
@@ -85,9 +86,14 @@ def fit_temperature(view_logits: Sequence[np.ndarray], labels: np.ndarray) -> fl
                                  bounds=(lo, hi), method='bounded',
                                  options={'xatol': 1e-7, 'maxiter': 500})
   t = float(np.exp(res.x))
-  if not T_RANGE[0] * 1.001 < t < T_RANGE[1] / 1.001:
-    raise CalibrationError(f'the validation NLL is smallest at T={t:.4g}, an end of the search '
-                           f'range {T_RANGE}: one temperature cannot calibrate this checkpoint')
+  best = nll(view_logits, labels, t)
+  # The NLL may also fall monotonically to a floor as T -> 0 (with test-time views, examples
+  # half right give log 2 there): the search then stops anywhere on the flat floor.
+  at_ends = [e for e in T_RANGE if nll(view_logits, labels, e) <= best * (1 + 1e-9)]
+  if at_ends or not T_RANGE[0] * 1.001 < t < T_RANGE[1] / 1.001:
+    raise CalibrationError(f'the validation NLL has no minimum inside T in {T_RANGE}: it is '
+                           f'smallest towards T={(at_ends or [t])[0]:.4g}, so one temperature '
+                           f'cannot calibrate this checkpoint')
   return t
 
 
