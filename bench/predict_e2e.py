@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/predict_e2e.py --workdir W [--export_dir D] [--images DIR]
         [--batch_size 32] [--repeats 3] [--limit N] [--checkpoint latest] [--out figures.json]
-        [--skip keras,onnx,...] [--csv_dir DIR]
+        [--skip keras,onnx,...] [--profile] [--csv_dir DIR]
+    .venv/bin/python bench/predict_e2e.py --workdir W --export_dir D --repeats 1 --limit 64  # smoke
 
 One unit of work = every file read, decoded, resized, classified and the CSV written
 (path, class, probability, p_<class>...; one writer for all). Contenders, on the same files
@@ -28,6 +29,9 @@ medians over `--repeats` rounds:
   forward           the API's jitted predict step alone on the same batches already decoded,
                     resized, preprocessed and on the device (no files, no CSV): the ceiling
                     of `api`.
+  --profile adds    pipeline: the API's input side alone (`data.usable_images` + its tf.data
+                    batches iterated, no model); keras_forward: Keras `predict` on the images
+                    decoded beforehand (one uint8 array): where each side's time goes.
 
 The exported artefacts (`python train.py --workdir W --mode=export --format=savedmodel,onnx
 --export_dir D`) are found from D/export.json; without --export_dir (or export.json) those
@@ -35,7 +39,8 @@ contenders are skipped and the script says so.
 
 Prints, per contender, the median rate (images/s) and its range; per round, the ratios
 api/forward (target >= 0.90: the input pipeline overlapped with the forward) and each
-contender vs keras (target for api >= 1.0x), as min..median..max over the rounds. Then the
+contender vs keras (target for api >= 1.0x), as min..median..max over the rounds, and the same
+ratio of each side's fastest round (the least disturbed on a shared machine). Then the
 agreement of every contender's predicted class with the api's (and the largest probability
 difference), file by file, from the CSVs of the last round. The environment report (CPU model
 and AVX-512 flags from lscpu, load average before and after) comes first and last.
@@ -624,9 +629,7 @@ def main(argv=None) -> int:
       pathlib.Path(args.out).write_text(json.dumps(figures, indent=1) + '\n')
       print(f'# wrote {args.out}')
   finally:
-    shutil.rmtree(tmp / 'images', ignore_errors=True)
-    if not args.csv_dir:
-      shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # The staged links (and the CSVs without --csv_dir).
   return 0
 
 
