@@ -160,7 +160,9 @@ def main(argv) -> int:
           f'--process_id): {e}', file=sys.stderr)
     return 2
   from configs import validate  # pylint: disable=g-import-not-at-top
+  from inception.train import actions  # pylint: disable=g-import-not-at-top
   from inception.train import checkpoints  # pylint: disable=g-import-not-at-top
+  from inception.train import preemption  # pylint: disable=g-import-not-at-top
   from inception.train import run_record  # pylint: disable=g-import-not-at-top
   from inception.train import trainer  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
@@ -214,12 +216,12 @@ def main(argv) -> int:
       from inception.tools import export  # pylint: disable=g-import-not-at-top
       export.export(workdir, checkpoint=FLAGS.checkpoint, formats=FLAGS.format,
                     export_dir=FLAGS.export_dir, config=config, log=log)
-  except trainer.NonFiniteLossError as e:
+  except actions.NonFiniteLossError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 3
-  except trainer.Preempted as e:
+  except preemption.Preempted as e:
     print(f'PREEMPTED: {e}', file=sys.stderr)
-    return trainer.EXIT_PREEMPTED
+    return preemption.EXIT_PREEMPTED
   except run_record.ConfigMismatchError as e:
     print(f'Invalid config: {e}', file=sys.stderr)
     return 2

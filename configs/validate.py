@@ -1,8 +1,8 @@
 """`validate(config)`: every check that can fail before heavy work, with the key and choices.
 
 The unknown-key check against configs/default.py is here; each section's values are checked
-by the code that owns it (`inception.train.trainer.validate_config`, which asks data, the
-model and the optimizer).
+by the code that owns it (`inception.train.validate.validate_config` asks each owner: data,
+the model, the optimizer, the steps, the loop's actions, the feature cache, the checkpoints).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from inception.tools import evaluate
-from inception.train import trainer
+from inception.train import validate as run_validate
 
 
 def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
@@ -43,7 +43,7 @@ def validate(config: ml_collections.ConfigDict, *, workdir: str | os.PathLike | 
   """
   from configs import default  # pylint: disable=g-import-not-at-top
   check_keys(config, default.get_config())
-  trainer.validate_config(config, workdir=workdir, device_count=device_count)
+  run_validate.validate_config(config, workdir=workdir, device_count=device_count)
 
 
 def validate_eval(config: ml_collections.ConfigDict) -> None:

@@ -65,11 +65,11 @@ def test_eval_batch_not_divisible_by_devices():
 def test_existing_read_only_workdir(tmp_path, monkeypatch):
   """Runs as root too (CI): the permission check is made to see what a chmod 555 folder shows
   an unprivileged user."""
-  from inception.train import trainer  # pylint: disable=g-import-not-at-top
+  from inception.train import validate as run_validate  # pylint: disable=g-import-not-at-top
   wd = tmp_path / 'run'
   wd.mkdir()
   real_access = os.access
-  monkeypatch.setattr(trainer.os, 'access', lambda p, mode: False if str(p) == str(wd)
+  monkeypatch.setattr(run_validate.os, 'access', lambda p, mode: False if str(p) == str(wd)
                       else real_access(p, mode))
   with pytest.raises(ValueError, match=f'--workdir {wd} is not writable'):
     validate.validate(dog_horse.get_config(), device_count=1, workdir=wd)

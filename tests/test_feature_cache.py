@@ -11,11 +11,13 @@ import pytest
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from configs import validate
 from inception.tools import evaluate
-from inception import weights
-from inception.train import feature_cache
+from inception.models import transfer
 from inception.train import sharding
 from inception.train import trainer
-from inception.models import transfer
+from inception.train.feature_cache import key as cache_key
+from inception.train.feature_cache import policy
+from inception.train.feature_cache import store
+from inception.weights import store as weights_store
 
 # Cached and uncached metrics agree to this (absolute). They are bit-identical on XLA:CPU in
 # practice, but not guaranteed: the features come from eval-sized batches (eval.batch_size)
@@ -25,9 +27,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope='module', autouse=True)
 def _cache(module_cache):
-  feature_cache.clear_memory()
   yield
-  feature_cache.clear_memory()
 
 
 def _config(mode='auto', epochs=2):
@@ -89,35 +89,32 @@ def test_cached_equals_uncached(runs):
 @pytest.mark.slow
 def test_second_run_reuses_disk_cache(runs, tmp_path):
   del runs  # Filled the disk cache.
-  feature_cache.clear_memory()
-  before = feature_cache.stats['forward_batches']
   logs = []
   trainer.train(_config('on', epochs=1), tmp_path, progress_bars=False, log=logs.append)
-  assert feature_cache.stats['forward_batches'] == before
+  assert not any(l.startswith('Feature cache: computing') for l in logs), logs
   for split in ('train', 'validation', 'test'):
     assert any(l.startswith(f'Feature cache: loaded {split} features') for l in logs), logs
 
 
-def _setup(config):
-  return trainer.build(config, log=lambda _: None)
+def _cache_for(config, directory, logs=None):
+  """The run's setup and its cached-features source, writing under `directory`."""
+  s = trainer.build(config, log=(logs.append if logs is not None else lambda _: None),
+                    feature_dir=directory)
+  return s, s.source
 
 
 def test_corrupt_cache_file_is_recomputed(tmp_path):
-  config = _config('on')
-  s = _setup(config)
   logs = []
-  fc = feature_cache.FeatureCache.for_setup(config, s, s.state, logs.append)
-  fc.dir = tmp_path / fc.key
-  feature_cache.clear_memory()  # Earlier tests may hold this key's features in memory.
+  _, fc = _cache_for(_config('on'), tmp_path, logs)
   feats, labels = fc.features('validation')
   assert feats.shape[0] == len(labels) == 8 and feats.dtype == np.float32
   # A read-only map of the file, not a copy; keep a copy, as the damage below is done in place.
   assert isinstance(feats, np.memmap) and not feats.flags.writeable
   feats = np.array(feats)
-  npy, side = fc.dir / 'validation.npy', fc.dir / 'validation.json'
+  npy, side = fc.store.paths('validation')
   assert npy.is_file() and side.is_file()
   for damage in ('flip', 'truncate', 'no_sidecar'):
-    feature_cache.clear_memory()
+    fc.clear_memory()
     if damage == 'flip':
       raw = bytearray(npy.read_bytes())
       raw[-1] ^= 0xFF
@@ -126,14 +123,14 @@ def test_corrupt_cache_file_is_recomputed(tmp_path):
       npy.write_bytes(npy.read_bytes()[:100])
     else:
       side.unlink()
-    before = feature_cache.stats['forward_batches']
+    before = fc.forward_batches
     logs.clear()
     again, _ = fc.features('validation')
-    assert feature_cache.stats['forward_batches'] > before, damage
+    assert fc.forward_batches > before, damage
     assert any('is corrupt or incomplete' in l for l in logs), (damage, logs)
     np.testing.assert_array_equal(again, feats)
   # Repaired: the next read is a clean load.
-  feature_cache.clear_memory()
+  fc.clear_memory()
   logs.clear()
   fc.features('validation')
   assert any(l.startswith('Feature cache: loaded validation') for l in logs), logs
@@ -143,9 +140,9 @@ def test_key_changes_with_each_ingredient():
   config = _config()
   prov = {'weights': 'tf2015', 'source': '/x', 'sha256': 'a' * 64,
           'variant': {'mixed10_pool': 'max'}}
-  base = feature_cache.key_ingredients(config, prov, 'm' * 64, 'b' * 64)
-  key = feature_cache.cache_key(base)
-  assert feature_cache.cache_key(feature_cache.key_ingredients(
+  base = cache_key.ingredients(config, prov, 'm' * 64, 'b' * 64)
+  key = cache_key.digest(base)
+  assert cache_key.digest(cache_key.ingredients(
       config, {**prov, 'source': '/elsewhere'}, 'm' * 64, 'b' * 64)) == key
   variants = {
       'weights sha256': ({**prov, 'sha256': 'c' * 64}, 'm' * 64, 'b' * 64, None),
@@ -168,19 +165,19 @@ def test_key_changes_with_each_ingredient():
     if override:
       section, field = override[0].split('.')
       c[section][field] = override[1]
-    k = feature_cache.cache_key(feature_cache.key_ingredients(c, p, manifest, backbone))
+    k = cache_key.digest(cache_key.ingredients(c, p, manifest, backbone))
     assert k not in seen, name
     seen.add(k)
   # The backbone values' hash sees a one-ulp change (e.g. another random-init seed).
   tree = {'a': np.zeros([3], np.float32)}
   other = {'a': np.array([0, 0, np.float32(1e-45)], np.float32)}
-  assert weights.content_sha256(tree) != weights.content_sha256(other)
+  assert weights_store.content_sha256(tree) != weights_store.content_sha256(other)
 
 
 def test_auto_declines_and_says_why():
   c = _config('auto')
   params = transfer.init_variables(transfer.from_config(c, 2), c.data.image_size, 0)['params']
-  assert feature_cache.decide(c, params, lambda _: None)
+  assert policy.use_cache(c, params, lambda _: None)
   cases = {
       'data.augment': lambda c: setattr(c.data.augment, 'enabled', True),
       'optimizer.param_rules trains': lambda c: setattr(
@@ -193,13 +190,13 @@ def test_auto_declines_and_says_why():
     c = _config('auto')
     change(c)
     logs = []
-    assert not feature_cache.decide(c, params, logs.append), why
+    assert not policy.use_cache(c, params, logs.append), why
     assert len(logs) == 1 and 'not used' in logs[0] and why in logs[0], logs
     c.train.feature_cache = 'off'
-    assert not feature_cache.decide(c, params, logs.append)
+    assert not policy.use_cache(c, params, logs.append)
     c.train.feature_cache = 'on'
     with pytest.raises(ValueError, match=r'train\.feature_cache="on".*' + why):
-      feature_cache.decide(c, params, logs.append)
+      policy.use_cache(c, params, logs.append)
   # Augmentation with every range zero and no flip is the identity: valid.
   c = _config('auto')
   a = c.data.augment
@@ -207,7 +204,7 @@ def test_auto_declines_and_says_why():
   a.rotation_range = a.width_shift_range = a.height_shift_range = 0.0
   a.shear_range = a.zoom_range = 0.0
   a.horizontal_flip = False
-  assert feature_cache.invalid_reason(c, params) is None
+  assert policy.use_cache(c, params, lambda _: None)
 
 
 def test_validate_names_key():
@@ -230,16 +227,6 @@ def test_on_with_unfrozen_backbone_fails_at_start_up(tmp_path):
       p.name.isdigit() for p in (tmp_path / 'checkpoints').iterdir())
 
 
-def _cache_for(config, directory, logs=None):
-  """A FeatureCache of `config` writing under `directory`, with nothing in memory."""
-  s = _setup(config)
-  log = (logs.append if logs is not None else lambda _: None)
-  fc = feature_cache.FeatureCache.for_setup(config, s, s.state, log)
-  fc.dir = directory / fc.key
-  feature_cache.clear_memory()
-  return s, fc
-
-
 def test_gap_head_caches_pooled_features_equal_to_pooling_in_the_head(tmp_path):
   spatial_cfg, gap_cfg = _config('on'), _config('on')
   gap_cfg.model.head = 'gap'
@@ -256,10 +243,10 @@ def test_gap_head_caches_pooled_features_equal_to_pooling_in_the_head(tmp_path):
   on_pooled = head.apply(variables, np.asarray(small))
   on_spatial = head.apply(variables, np.asarray(full))
   np.testing.assert_allclose(on_pooled, on_spatial, rtol=1e-5, atol=1e-6)
-  batch = next(pooled.eval_batches('validation', batch_size=8))
+  batch = next(pooled.eval_batches('validation'))
   assert batch['image'].dtype == np.float32 and batch['image'].shape == (8, full.shape[-1])
-  assert (pooled.dir / 'validation.npy').stat().st_size < (
-      spatial.dir / 'validation.npy').stat().st_size / (full.shape[1] * full.shape[2] / 2)
+  size = lambda fc: fc.store.paths('validation')[0].stat().st_size
+  assert size(pooled) < size(spatial) / (full.shape[1] * full.shape[2] / 2)
 
 
 @pytest.mark.slow
@@ -292,40 +279,39 @@ def test_16_bit_storage_halves_the_file_and_serves_float32(tmp_path, storage, di
   want, _ = exact.features('validation')
   stored, _ = half.features('validation')
   assert stored.dtype == disk and stored.shape == want.shape
-  meta = json.loads((half.dir / 'validation.json').read_text())
+  meta = json.loads(half.store.paths('validation')[1].read_text())
   assert meta['dtype'] == storage
   expect = np.asarray(want).astype(np.float16 if storage == 'float16' else ml_dtypes.bfloat16)
-  batch = next(half.eval_batches('validation', batch_size=8))
+  batch = next(half.eval_batches('validation'))
   assert batch['image'].dtype == np.float32
   # Exactly the rounded float32 features, close to them within the format's precision.
   np.testing.assert_array_equal(batch['image'], expect.astype(np.float32))
   np.testing.assert_allclose(batch['image'], want, rtol=rtol, atol=1e-6)
-  size = lambda fc: (fc.dir / 'validation.npy').stat().st_size
+  size = lambda fc: fc.store.paths('validation')[0].stat().st_size
   assert size(half) < 0.51 * size(exact)
   # A second use verifies and maps the 16-bit file (no recomputation).
-  feature_cache.clear_memory()
-  before = feature_cache.stats['forward_batches']
-  again = next(half.eval_batches('validation', batch_size=8))
-  assert feature_cache.stats['forward_batches'] == before
+  half.clear_memory()
+  before = half.forward_batches
+  again = next(half.eval_batches('validation'))
+  assert half.forward_batches == before
   np.testing.assert_array_equal(again['image'], batch['image'])
 
 
-def test_float16_overflow_and_bad_dtype_name_the_key():
+def test_float16_overflow_and_bad_dtype_name_the_key(tmp_path):
   with pytest.raises(ValueError, match=r"train\.feature_cache_dtype='float16' overflows.*"
                                        r"'bfloat16'"):
-    feature_cache.encode(np.array([[1.0, 7e4]], np.float32), 'float16')
+    store.encode(np.array([[1.0, 7e4]], np.float32), 'float16')
   c = _config('on')
   c.train.feature_cache_dtype = 'float64'
   with pytest.raises(ValueError, match=r"train\.feature_cache_dtype='float64' is not valid; "
                                        r'valid: float32, float16, bfloat16'):
-    feature_cache.validate_config(c.train)
-  s = _setup(_config('on'))
+    policy.validate_config(c)
   with pytest.raises(ValueError, match=r"train\.feature_cache_dtype='float64'"):
-    feature_cache.FeatureCache.for_setup(c, s, s.state, lambda _: None)  # Until trainer checks.
-  feature_cache.validate_config(_config('on').train)
+    _cache_for(c, tmp_path)  # The store refuses it too (trainer.build does not validate).
+  policy.validate_config(_config('on'))
   del c.train['feature_cache_dtype']  # A run recorded before the key existed: float32.
-  feature_cache.validate_config(c.train)
-  assert feature_cache.storage_dtype(c.train) == 'float32'
+  policy.validate_config(c)
+  assert store.storage_dtype(c.train) == 'float32'
 
 
 def test_writer_streams_the_bytes_np_save_writes(tmp_path):
@@ -333,22 +319,22 @@ def test_writer_streams_the_bytes_np_save_writes(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(10, 3, 2, 4)).astype(np.float32)
   with open(tmp_path / 'a.npy', 'wb') as f:
-    w = feature_cache._NpyWriter(f, 10, 'float32')
+    w = store.NpyWriter(f, 10, 'float32')
     for block in np.split(x, [3, 4, 10]):
       w.add(block)
     sha, shape = w.finish()
   np.save(tmp_path / 'b.npy', x)
   assert (tmp_path / 'a.npy').read_bytes() == (tmp_path / 'b.npy').read_bytes()
-  assert sha == weights.file_digest(tmp_path / 'a.npy') and shape == x.shape
+  assert sha == weights_store.file_digest(tmp_path / 'a.npy') and shape == x.shape
   with open(tmp_path / 'c.npy', 'wb') as f:
-    w = feature_cache._NpyWriter(f, 10, 'float32')
+    w = store.NpyWriter(f, 10, 'float32')
     w.add(x[:9])
     with pytest.raises(RuntimeError, match='got 9 features for 10 examples'):
       w.finish()
     with pytest.raises(RuntimeError, match='more than 10 rows'):
       w.add(x[:2])
   with open(tmp_path / 'e.npy', 'wb') as f:  # An empty split.
-    w = feature_cache._NpyWriter(f, 0, 'float16')
+    w = store.NpyWriter(f, 0, 'float16')
     w.finish()
   assert np.load(tmp_path / 'e.npy', mmap_mode='r').shape == (0,)
 
@@ -362,7 +348,7 @@ def _rss_file_kib() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='Linux /proc only')
-def test_reading_a_mapping_keeps_the_resident_set_bounded(tmp_path, monkeypatch):
+def test_reading_a_mapping_keeps_the_resident_set_bounded(tmp_path):
   """Serving every row of a 128 MiB map, in random batches: without releases the whole file
   becomes resident in this process; releasing every 4 MiB served keeps it to a few batches'
   pages (the kernel maps whole page-cache folios, so more than the rows touched)."""
@@ -371,8 +357,7 @@ def test_reading_a_mapping_keeps_the_resident_set_bounded(tmp_path, monkeypatch)
   feats = np.load(tmp_path / 'f.npy', mmap_mode='r')
   peaks = {}
   for release_mib in (1 << 20, 4):  # never, then every 4 MiB
-    monkeypatch.setattr(feature_cache, 'RELEASE_BYTES', release_mib * 2**20)
-    mapped = feature_cache._Mapped(feats, 'float32')
+    mapped = store.Mapped(feats, 'float32', release_bytes=release_mib * 2**20)
     mapped.release()
     base, peak = _rss_file_kib(), 0
     for b in np.random.default_rng(0).permutation(n).reshape(-1, 8):
@@ -391,16 +376,16 @@ def test_processes_that_disagree_all_recompute(tmp_path, monkeypatch):
   _, fc = _cache_for(_config('on'), tmp_path, logs)
   want, _ = fc.features('validation')
   want = np.array(want)
-  feature_cache.clear_memory()
+  fc.clear_memory()
   flags = []
   monkeypatch.setattr(sharding, 'all_agree', lambda ok: flags.append(ok) or False)
   barriers = []
   monkeypatch.setattr(sharding, 'barrier', barriers.append)
-  before, written = feature_cache.stats['forward_batches'], feature_cache.stats['files_written']
+  before, written = fc.forward_batches, fc.store.files_written
   logs.clear()
   got, _ = fc.features('validation')
   assert flags == [True] and len(barriers) == 1 and fc.key[:16] in barriers[0]
-  assert feature_cache.stats['forward_batches'] > before
-  assert feature_cache.stats['files_written'] == written + 1
+  assert fc.forward_batches > before
+  assert fc.store.files_written == written + 1
   assert any('another process has no valid copy of validation' in l for l in logs), logs
   np.testing.assert_array_equal(got, want)

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 from data import pipeline
-from inception.train import feature_cache
-from inception.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROCESSES = 2
@@ -29,30 +27,25 @@ from jax.experimental import multihost_utils
 import numpy as np
 sys.path.insert(0, %(tests)r)
 import test_feature_cache as t
-from inception.train import feature_cache, trainer
 logs = []
-config = t._config('on')
-s = trainer.build(config, log=lambda _: None)
-fc = feature_cache.FeatureCache.for_setup(config, s, s.state, logs.append)
-fc.dir = pathlib.Path(cache_dir) / fc.key
-st = feature_cache.stats
+s, fc = t._cache_for(t._config('on'), pathlib.Path(cache_dir), logs)
+st = lambda: [fc.forward_batches, fc.store.files_written]
 record = {'key': fc.key}
 feats, labels = fc.features('validation')  # 1: nobody has it: all compute, process 0 writes.
-record['computed'] = [st['forward_batches'], st['files_written']]
+record['computed'] = st()
 first = np.array(feats)
-train = next(fc.train_batches(batch_size=8, seed=0, process_index=pid, process_count=%(n)d))
-val = list(fc.eval_batches('validation', batch_size=8, process_index=pid, process_count=%(n)d))
-record['with_train'] = [st['forward_batches'], st['files_written']]  # train computed too
-feature_cache.clear_memory()  # 2: everyone finds the file valid: all load.
+train = next(fc.train_batches())  # This process's share of the global batch of 8.
+val = list(fc.eval_batches('validation'))
+record['with_train'] = st()  # train computed too
+fc.clear_memory()  # 2: everyone finds the file valid: all load.
 logs.clear()
 again, _ = fc.features('validation')
-record['loaded'] = [st['forward_batches'], st['files_written'],
-                    any(l.startswith('Feature cache: loaded validation') for l in logs)]
+record['loaded'] = st() + [any(l.startswith('Feature cache: loaded validation') for l in logs)]
 record['reload_equal'] = bool(np.array_equal(again, first))
 multihost_utils.sync_global_devices('damage')
 if pid == 0:  # 3: process 0's copy goes bad (in place), process 1 still holds its mapping.
-  feature_cache.clear_memory()
-  with open(fc.dir / 'validation.npy', 'r+b') as f:
+  fc.clear_memory()
+  with open(fc.store.paths('validation')[0], 'r+b') as f:
     f.seek(-1, 2)
     b = f.read(1)
     f.seek(-1, 2)
@@ -60,8 +53,7 @@ if pid == 0:  # 3: process 0's copy goes bad (in place), process 1 still holds i
 multihost_utils.sync_global_devices('damaged')
 logs.clear()
 third, _ = fc.features('validation')
-record['disagreed'] = [st['forward_batches'], st['files_written'],
-                       any('another process has no valid copy' in l for l in logs),
+record['disagreed'] = st() + [any('another process has no valid copy' in l for l in logs),
                        any('is corrupt or incomplete' in l for l in logs)]
 record['recomputed_equal'] = bool(np.array_equal(third, first))
 np.savez(out / f'{pid}.npz', feats=first, train_feats=fc.features('train')[0],
@@ -88,16 +80,11 @@ def test_two_processes_agree_write_once_and_read_their_share(tmp_path):
              TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
   os.environ['INCEPTION_FLAX_CACHE'] = env['INCEPTION_FLAX_CACHE']
   try:
-    config = t._config('on')
-    s = trainer.build(config, log=lambda _: None)
-    fc = feature_cache.FeatureCache.for_setup(config, s, s.state, lambda _: None)
-    fc.dir = tmp_path / 'single' / fc.key
-    feature_cache.clear_memory()
+    _, fc = t._cache_for(t._config('on'), tmp_path / 'single')
     want, labels = fc.features('validation')
     want = np.array(want)
-    want_train = next(fc.train_batches(batch_size=8, seed=0))
+    want_train = next(fc.train_batches())
   finally:
-    feature_cache.clear_memory()
     del os.environ['INCEPTION_FLAX_CACHE']
   port = str(_free_port())
   script = WORKER % {'n': PROCESSES, 'tests': str(REPO / 'tests')}

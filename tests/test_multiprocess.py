@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from tests import test_faults_kill as kill  # _env, _steps, _model_bits.
+from inception.train import preemption
 from inception.train import reporting
-from inception.train import trainer
 
 ROOT = kill.ROOT
 # 24 training images / batch 8: 3 steps an epoch, 9 steps; checkpoints at epoch ends (3, 6, 9).
@@ -177,7 +177,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_one_process_resumes(
   results = _two_processes(wd, cache, f'--config={CONFIG}', env_by_process=({}, fault))
   stopped = []
   for rc, out, err, _ in results:
-    assert rc == trainer.EXIT_PREEMPTED, (rc, err[-3000:])
+    assert rc == preemption.EXIT_PREEMPTED, (rc, err[-3000:])
     line = next(l for l in err.splitlines() if l.startswith('PREEMPTED: '))
     stopped.append(int(line.split('stopped at step ')[1].split()[0]))
   assert stopped[0] == stopped[1], stopped  # Both agreed on the step ...
@@ -196,7 +196,7 @@ def test_one_process_preempted_resumes_as_two_processes(reference):
   wd, log = tmp / 'preempt_1to2', tmp / 'preempt_1to2.log'
   r = _one_process(wd, cache, f'--config={CONFIG}', INCEPTION_FLAX_FAULT='sigterm_at_step:5',
                    INCEPTION_FLAX_FAULT_LOG=str(log))
-  assert r.returncode == trainer.EXIT_PREEMPTED, r.stderr[-3000:]
+  assert r.returncode == preemption.EXIT_PREEMPTED, r.stderr[-3000:]
   assert kill._steps(wd) == [3, 5]
   results = _two_processes(wd, cache, f'--config={CONFIG}')
   for rc, _, err, _ in results:

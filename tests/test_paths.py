@@ -23,7 +23,7 @@ from etils.epath import testing as epath_testing
 from inception import paths
 from inception.train import checkpoints
 from inception.train import reporting
-from inception.train import trainer
+from inception.train import validate
 
 BUCKET = 'gs://fake-bucket'
 
@@ -128,7 +128,7 @@ def test_run_outputs_on_a_bucket(bucket):
 
 
 def test_check_workdir_on_a_bucket(bucket):
-  trainer.check_workdir(f'{BUCKET}/new/run')
+  validate.check_workdir(f'{BUCKET}/new/run')
   assert (bucket / 'new' / 'run').is_dir() and not os.listdir(bucket / 'new' / 'run')
 
 
@@ -142,7 +142,7 @@ def test_check_workdir_names_an_unwritable_bucket(tmp_path, monkeypatch):
                                 mkdir=lambda *a, **k: None):
     with pytest.raises(ValueError, match='--workdir gs://fake-bucket/run is not writable '
                        '\\(PermissionError: 403 Forbidden'):
-      trainer.check_workdir(f'{BUCKET}/run')
+      validate.check_workdir(f'{BUCKET}/run')
 
 
 def test_workdir_lease_on_a_bucket(bucket):

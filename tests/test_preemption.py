@@ -1,5 +1,5 @@
 """SIGTERM (preemption) of a single-process run: it saves the step it reached and exits with
-trainer.EXIT_PREEMPTED within seconds; rerunning the command resumes there and ends
+preemption.EXIT_PREEMPTED within seconds; rerunning the command resumes there and ends
 bit-identical to an uninterrupted run. A second SIGTERM during that save loses nothing that was
 committed before. Signals are injected at exact points (tests/fault_runner.py)."""
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests import test_faults_kill as kill  # The same config, CLI and checks.
+from inception.train import preemption
 from inception.train import reporting
-from inception.train import trainer
 
 ROOT = kill.ROOT
 FLAGS = ['--noprogress']  # Checkpoints at epoch ends only (3, 6, 9): a SIGTERM saves its step.
@@ -46,7 +46,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identical(runs):
   tmp, cache = runs
   wd, log = tmp / 'preempted', tmp / 'preempted.log'
   r, exited = _run('tests/fault_runner.py', wd, cache, 'sigterm_at_step:5', log)
-  assert r.returncode == trainer.EXIT_PREEMPTED == 143, r.stderr[-3000:]
+  assert r.returncode == preemption.EXIT_PREEMPTED == 143, r.stderr[-3000:]
   assert 'SIGTERM received: saving a checkpoint at the current step' in r.stdout
   assert f'PREEMPTED: SIGTERM: stopped at step 5 after saving its checkpoint in {wd}' in r.stderr
   assert kill._steps(wd) == [3, 5]
@@ -75,7 +75,7 @@ def test_sigterm_at_an_epoch_end_finishes_that_epochs_checkpoint_first(runs):
   wd, log = tmp / 'epoch_end', tmp / 'epoch_end.log'
   # While the step-3 best/ checkpoint is written: the epoch's own checkpoint follows, then exit.
   r, _ = _run('tests/fault_runner.py', wd, cache, 'sigterm_in_save:1', log)
-  assert r.returncode == trainer.EXIT_PREEMPTED, r.stderr[-3000:]
+  assert r.returncode == preemption.EXIT_PREEMPTED, r.stderr[-3000:]
   assert 'stopped at step 3' in r.stderr and kill._steps(wd) == [3]
   _rerun_ends_as_the_reference(tmp, cache, wd, resumed_from=3)
 

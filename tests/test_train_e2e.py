@@ -17,6 +17,7 @@ import pytest
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from data import testing
+from inception.train import actions
 from inception.train import checkpoints
 from inception.tools import evaluate
 from inception.tools import predict
@@ -320,7 +321,7 @@ def test_nonfinite_loss_stops_with_step(tmp_path):
   c = _config(2)
   c.optimizer.name = 'sgd'
   c.optimizer.lr = 1e30  # diverges within a few steps
-  with pytest.raises(trainer.NonFiniteLossError, match=r'at step \d+') as e:
+  with pytest.raises(actions.NonFiniteLossError, match=r'at step \d+') as e:
     trainer.train(c, tmp_path, progress_bars=False)
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert all(s < e.value.step for s in steps)

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import threading
+import contextlib
 import time
 import uuid
 from typing import Any, Callable
@@ -29,11 +30,23 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from inception import checks
 from inception import paths
+from inception.train import sharding as sharding_lib
 from inception.train import steps as steps_lib
 
 
 BEST_METRICS = ('accuracy_then_loss', 'loss')
+
+
+def validate_config(ck: Any) -> None:
+  """Checks `config.checkpoint`, naming the first bad key (ValueError)."""
+  checks.number('checkpoint.every_steps', ck.every_steps, lo=0, integer=True)
+  checks.boolean('checkpoint.every_epoch', ck.every_epoch)
+  checks.number('checkpoint.keep', ck.keep, lo=1, integer=True)
+  checks.boolean('checkpoint.keep_best', ck.keep_best)
+  checks.choice('checkpoint.best_metric', ck.best_metric, BEST_METRICS)
+  checks.boolean('checkpoint.async_save', ck.async_save)
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -263,3 +276,66 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: steps_lib.TrainState | 
       errors.append((s, msg))
   raise NoCheckpointError(f'No usable checkpoint in {mngr.directory}; tried steps '
                           f'{[s for s, _ in errors]}: {errors[0][1]}')
+
+
+@contextlib.contextmanager
+def job_lock(workdir: str | os.PathLike):
+  """The workdir lock, held by process 0 for the whole job; every process raises RuntimeError
+  when the workdir is in use."""
+  lock = WorkdirLock(workdir)
+  sharding_lib.on_main_agreed(lock.acquire, RuntimeError, RuntimeError(
+      f'Workdir {workdir} is in use by another run (process 0 could not lock {lock.path}).'))
+  try:
+    yield
+  finally:
+    lock.release()
+
+
+class RunCheckpoints:
+  """A run's two checkpoint managers (the latest ones, the best one); closed on every exit path.
+
+  ck: `config.checkpoint`.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, ck: Any):
+    workdir = paths.as_path(workdir)
+    self.latest = manager(workdir / 'checkpoints', ck.keep, async_save=ck.async_save)
+    self.best = manager(workdir / 'best', 1, async_save=ck.async_save) if ck.keep_best else None
+    self.last_saved: int | None = None  # Step of the newest save to `latest`.
+
+  def __enter__(self) -> 'RunCheckpoints':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for m in (self.latest, self.best):
+      if m is not None:
+        m.close()  # Waits for pending async saves first.
+
+  def restore_or_start(self, state: steps_lib.TrainState, mesh: Any,
+                       log: Callable[[str], None]) -> tuple[steps_lib.TrainState, dict]:
+    """(state, meta) of the newest readable checkpoint, replicated over `mesh`, or
+    (`state`, {}) from scratch."""
+    try:
+      state, meta = restore(self.latest, state, sharding=sharding_lib.replicated(mesh), log=log)
+    except NoCheckpointError as e:
+      if self.latest.all_steps():
+        log(f'WARNING: {e}. STARTING TRAINING FROM SCRATCH.')
+      else:
+        log(f'No checkpoint in {self.latest.directory}: starting from scratch.')
+      return state, {}
+    self.last_saved = int(meta['step'])
+    log(f'Resumed from {self.latest.directory}/{meta["step"]} (epoch {meta.get("epoch")}).')
+    return state, meta
+
+  def save(self, state: steps_lib.TrainState, meta: dict, *, best: bool = False) -> None:
+    """Saves to `best` (one kept) or `latest` (`checkpoint.keep` kept), asynchronously."""
+    if best:
+      save(self.best, state, meta)
+    else:
+      save(self.latest, state, meta)
+      self.last_saved = int(jax.device_get(state.step))
+
+  def wait(self) -> None:
+    for m in (self.latest, self.best):
+      if m is not None:
+        m.wait_until_finished()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -62,6 +62,22 @@ def all_agree(flag: bool) -> bool:
   return bool(np.all(flags))
 
 
+def on_main_agreed(fn: Callable[[], Any], catch: type[Exception] | tuple[type[Exception], ...],
+                   refused: Exception) -> Any:
+  """fn() in process 0 only (None elsewhere). When it raises one of `catch`, every process
+  raises: process 0 its error, the others `refused`; so none starts collectives the others
+  will never join."""
+  value, error = None, None
+  if jax.process_index() == 0:
+    try:
+      value = fn()
+    except catch as e:
+      error = e
+  if not all_agree(error is None):
+    raise error or refused
+  return value
+
+
 def to_host(x: jax.Array) -> np.ndarray:
   """A global array as one numpy array in every process (sharded ones gathered in order)."""
   if jax.process_count() > 1 and not x.is_fully_replicated:
@@ -83,13 +99,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def data_sharded(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data'; other axes whole."""
   return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def check_batch_size(batch_size: int, mesh: Mesh, key: str = 'train.batch_size') -> None:
-  n = mesh.devices.size
-  if batch_size % n:
-    raise ValueError(f'{key}={batch_size} is not divisible by the device count {n}; use a '
-                     f'multiple of {n}.')
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from inception import checks
 from inception.train import metrics
 from inception.train import param_rules
 from inception.train import sharding
@@ -197,8 +198,14 @@ def log_probabilities(logits: jax.Array) -> jax.Array:
 
 
 def check_tta(tta: str) -> None:
-  if tta not in TTA_MODES:
-    raise ValueError(f'config.eval.tta={tta!r} is not valid; valid: {", ".join(TTA_MODES)}')
+  checks.choice('eval.tta', tta, TTA_MODES)
+
+
+def validate_config(config: Any) -> None:
+  """Checks the keys the steps take: train.label_smoothing, train.ema_decay, eval.tta."""
+  checks.number('train.label_smoothing', config.train.label_smoothing, lo=0, hi=1, hi_open=True)
+  checks.number('train.ema_decay', config.train.ema_decay, lo=0, hi=1, hi_open=True)
+  check_tta(config.eval.tta)
 
 
 def views(images: jax.Array, tta: str) -> list[jax.Array]:
