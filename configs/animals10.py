@@ -18,7 +18,7 @@ The recipe is dog_horse_299's (dog_horse_best's at 299 px): the `inception` prep
 augmentation (so the feature cache runs the frozen backbone once per split and the epochs train
 the head alone, on pooled features: 768 floats an image), frozen mixed7 cut -> global average
 pool -> Dense(1024, relu) -> Dropout(0.5) -> Dense(10) with softmax cross-entropy
-(train.loss='auto' picks it for > 2 classes), RMSprop 1e-3, batch 20, 10 epochs, 299 px. Like
+(the loss for > 2 classes), RMSprop 1e-3, batch 20, 10 epochs, 299 px. Like
 the seed, 500 images per class (config arg `images_per_class`) split 450/50
 (validation_fraction 0.1): 4500 train and 500 validation images, 225 steps an epoch; each class's
 other images are the test split (21,179 of Kaggle's 26,179 by its published counts, unbalanced:

@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = data.config.get_config()
 
   c.model = ml_collections.ConfigDict()
-  # Backbone, a name in the registry `inception.models.backbones` (its endpoints, blocks,
+  # Backbone, a name in the registry `inception.backbones` (its endpoints, blocks,
   # minimum image size and pretrained weights).
   c.model.backbone = 'inception_v3'
   # Backbone endpoint to cut at: one of the backbone's `endpoints`; InceptionV3: stem,
@@ -96,9 +96,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.epochs = 10
   # Global batch size (over all devices and hosts); must divide by the device count.
   c.train.batch_size = 20
-  # Loss: 'auto' = binary cross-entropy from one logit for 2 classes (Keras Dense(1,
-  # sigmoid) + binary_crossentropy, computed stably), softmax cross-entropy for > 2.
-  c.train.loss = 'auto'
   # A non-finite loss or gradient: 'stop' (report the step, keep the last good checkpoint,
   # exit non-zero) or 'skip' (drop that batch's update and go on).
   c.train.on_nonfinite = 'stop'
@@ -115,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 1
   # Batches prefetched onto the devices ahead of the train step.
   c.train.prefetch_to_device = 2
-  # Feature cache (inception/train/feature_cache.py): when every backbone param is frozen
+  # Feature cache (inception/train/feature_cache/): when every backbone param is frozen
   # (optimizer.param_rules multiplier 0), model.batchnorm_train_blocks is empty and augmentation
   # is off, the backbone's cut-layer features are computed once per split (written to
   # <cache>/features/<key>/ as they are computed, read back memory-mapped batch by batch; a

@@ -5,8 +5,6 @@
     for batch in data.eval_batches(info, config.data, split='validation', batch_size=20): ...
 """
 
-import importlib
-
 # TensorFlow is only the input pipeline here: keep it off the accelerators so that JAX owns
 # them (and TF does not reserve their memory).
 import tensorflow as _tf
@@ -16,6 +14,8 @@ for _kind in ('GPU', 'TPU'):
     _tf.config.set_visible_devices([], _kind)
   except Exception:  # No such device type, or TF already initialised.  pylint: disable=broad-except
     pass
+
+from inception import lazy  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Re-exports, imported on first use so that `python -m data.restructure` (and friends) run
 # their module only once.
@@ -27,12 +27,4 @@ _EXPORTS = {'DatasetInfo': 'data.dataset', 'prepare': 'data.dataset',
             'steps_per_epoch': 'data.pipeline'}
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-  if name in _EXPORTS:
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy.exports(__name__, _EXPORTS, globals())

@@ -13,6 +13,8 @@ import pathlib
 
 import ml_collections
 
+from inception import checks
+
 SOURCES = ('animals10', 'folder', 'synthetic', 'tfds')
 PREPROCESSINGS = ('rescale', 'inception')  # Names in `data.preprocessing`.
 RESIZE_METHODS = ('nearest', 'bilinear', 'bicubic', 'area', 'lanczos3')
@@ -93,64 +95,52 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _choice(key: str, value, choices) -> None:
-  if value not in choices:
-    raise ValueError(f'data.{key}={value!r} is not valid; valid: {", ".join(map(str, choices))}')
-
-
-def _number(key: str, value, lo=None, hi=None, integer=False) -> None:
-  kind = int if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kind):
-    raise ValueError(f'data.{key}={value!r} must be {"an int" if integer else "a number"}')
-  if (lo is not None and value < lo) or (hi is not None and value > hi):
-    raise ValueError(f'data.{key}={value!r} must be in [{lo}, {hi}]')
-
-
 def validate(config_data: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key, its value and what is valid. No I/O but
   the existence of an explicit `path`."""
   c = config_data
-  _choice('source', c.source, SOURCES)
-  _choice('preprocess', c.preprocess, PREPROCESSINGS)
-  _choice('resize_method', c.resize_method, RESIZE_METHODS)
-  _choice('link_mode', c.link_mode, LINK_MODES)
-  _choice('augment.fill_mode', c.augment.fill_mode, FILL_MODES)
+  checks.choice('data.source', c.source, SOURCES)
+  checks.choice('data.preprocess', c.preprocess, PREPROCESSINGS)
+  checks.choice('data.resize_method', c.resize_method, RESIZE_METHODS)
+  checks.choice('data.link_mode', c.link_mode, LINK_MODES)
+  checks.choice('data.augment.fill_mode', c.augment.fill_mode, FILL_MODES)
   if c.path and not pathlib.Path(os.path.expanduser(c.path)).exists():
-    raise ValueError(f'data.path={c.path!r} does not exist; point it at the data set '
+    raise ValueError(f'config.data.path={c.path!r} does not exist; point it at the data set '
                      '(for Animals-10 the folder holding raw-img/) or leave it empty to search')
   if c.source == 'folder' and not c.path:
-    raise ValueError("data.path is empty but data.source='folder' needs the class-folder root")
+    raise ValueError("config.data.path is empty but config.data.source='folder' needs the "
+                     'class-folder root')
   classes = tuple(c.classes)
   if c.source != 'synthetic':
     if not all(isinstance(x, str) and x for x in classes):
-      raise ValueError(f'data.classes={classes!r} must be non-empty strings')
+      raise ValueError(f'config.data.classes={classes!r} must be non-empty strings')
     if len(set(classes)) != len(classes):
-      raise ValueError(f'data.classes={classes!r} has duplicates')
+      raise ValueError(f'config.data.classes={classes!r} has duplicates')
     if c.source in ('animals10', 'tfds') and len(classes) < 2:
-      raise ValueError(f'data.classes={classes!r} needs at least two classes')
-  _number('images_per_class', c.images_per_class, 1, integer=True)
-  _number('validation_fraction', c.validation_fraction, 0.0, 0.99)
+      raise ValueError(f'config.data.classes={classes!r} needs at least two classes')
+  checks.number('data.images_per_class', c.images_per_class, lo=1, integer=True)
+  checks.number('data.validation_fraction', c.validation_fraction, lo=0.0, hi=0.99)
   if math.floor(c.images_per_class * c.validation_fraction + 0.5) >= c.images_per_class:
-    raise ValueError(f'data.validation_fraction={c.validation_fraction} leaves no training '
-                     f'images of data.images_per_class={c.images_per_class}')
-  _number('test_per_class', c.test_per_class, -1, integer=True)
-  _number('split_seed', c.split_seed, 0, integer=True)
-  _number('image_size', c.image_size, 8, 4096, integer=True)
-  _number('synthetic.num_classes', c.synthetic.num_classes, 2, 10, integer=True)
-  _number('synthetic.images_per_class', c.synthetic.images_per_class, 2, integer=True)
-  _number('synthetic.test_per_class', c.synthetic.test_per_class, 0, integer=True)
-  _number('synthetic.image_size', c.synthetic.image_size, 32, 1024, integer=True)
-  _number('synthetic.seed', c.synthetic.seed, 0, integer=True)
+    raise ValueError(f'config.data.validation_fraction={c.validation_fraction} leaves no '
+                     f'training images of config.data.images_per_class={c.images_per_class}')
+  checks.number('data.test_per_class', c.test_per_class, lo=-1, integer=True)
+  checks.number('data.split_seed', c.split_seed, lo=0, integer=True)
+  checks.number('data.image_size', c.image_size, lo=8, hi=4096, integer=True)
+  checks.number('data.synthetic.num_classes', c.synthetic.num_classes, lo=2, hi=10, integer=True)
+  checks.number('data.synthetic.images_per_class', c.synthetic.images_per_class, lo=2, integer=True)
+  checks.number('data.synthetic.test_per_class', c.synthetic.test_per_class, lo=0, integer=True)
+  checks.number('data.synthetic.image_size', c.synthetic.image_size, lo=32, hi=1024, integer=True)
+  checks.number('data.synthetic.seed', c.synthetic.seed, lo=0, integer=True)
   a = c.augment
-  _number('augment.rotation_range', a.rotation_range, 0, 180)
-  _number('augment.width_shift_range', a.width_shift_range, 0)
-  _number('augment.height_shift_range', a.height_shift_range, 0)
-  _number('augment.shear_range', a.shear_range, 0, 89)
-  _number('augment.zoom_range', a.zoom_range, 0, 0.99)
-  _number('augment.cval', a.cval)
-  _number('num_parallel_calls', c.num_parallel_calls, -1, integer=True)
+  checks.number('data.augment.rotation_range', a.rotation_range, lo=0, hi=180)
+  checks.number('data.augment.width_shift_range', a.width_shift_range, lo=0)
+  checks.number('data.augment.height_shift_range', a.height_shift_range, lo=0)
+  checks.number('data.augment.shear_range', a.shear_range, lo=0, hi=89)
+  checks.number('data.augment.zoom_range', a.zoom_range, lo=0, hi=0.99)
+  checks.number('data.augment.cval', a.cval)
+  checks.number('data.num_parallel_calls', c.num_parallel_calls, lo=-1, integer=True)
   if c.num_parallel_calls == 0:
-    raise ValueError('data.num_parallel_calls=0 is not valid; use -1 (AUTOTUNE) or >= 1')
-  _number('prefetch', c.prefetch, -1, integer=True)
-  _number('shuffle_buffer', c.shuffle_buffer, 0, integer=True)
-  _number('cache_decoded_mib', c.cache_decoded_mib, 0)
+    raise ValueError('config.data.num_parallel_calls=0 is not valid; use -1 (AUTOTUNE) or >= 1')
+  checks.number('data.prefetch', c.prefetch, lo=-1, integer=True)
+  checks.number('data.shuffle_buffer', c.shuffle_buffer, lo=0, integer=True)
+  checks.number('data.cache_decoded_mib', c.cache_decoded_mib, lo=0)

@@ -20,13 +20,13 @@ import json
 import os
 import pathlib
 import re
-import threading
 from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 from data import cache
+from inception import paths
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff')
 # Largest accepted image, pixels (~134 MP, ~400 MB as RGB). PIL's default bomb guard (89 MP)
@@ -133,12 +133,10 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 def normalise(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """Writes `src` (any image PIL reads) as an 8-bit RGB PNG at `dst`, atomically."""
-  dst = pathlib.Path(dst)
   with Image.open(src) as img:
     arr = to_rgb_array(img)
-  tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp')
-  Image.fromarray(arr, 'RGB').save(tmp, format='PNG', compress_level=1)
-  os.replace(tmp, dst)
+  with paths.atomic_write(dst) as f:  # Its temporary names are unique: threads may share a folder.
+    Image.fromarray(arr, 'RGB').save(f, format='PNG', compress_level=1)
 
 
 class _Cache:
@@ -156,13 +154,9 @@ class _Cache:
         self.entries = {}  # A corrupt cache is only a lost speed-up.
 
   def save(self) -> None:
-    if not self.path:
-      return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = self.path.with_name(f'.{self.path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps({'version': _CACHE_VERSION, 'max_pixels': MAX_PIXELS,
-                               'entries': self.entries}))
-    os.replace(tmp, self.path)
+    if self.path:
+      paths.write_text(self.path, json.dumps({'version': _CACHE_VERSION,
+                                              'max_pixels': MAX_PIXELS, 'entries': self.entries}))
 
 
 def default_cache_path() -> pathlib.Path:

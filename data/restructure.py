@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
+import functools
 import json
 import math
 import os
@@ -44,6 +44,7 @@ from data import imagecheck
 from data import sources
 from data.sources import animals10
 from data.sources import folder
+from inception import paths
 
 MANIFEST = 'manifest.json'
 MARKER = '.restructure-in-progress.json'
@@ -154,12 +155,24 @@ def _intact(out: pathlib.Path, manifest: dict, log: Callable[[str], None]) -> bo
     log(f'The subset in {out} no longer matches its manifest ({e}); redoing it.')
     return False
   if stamps is not None:
-    tmp = out / f'{VERIFIED}.{os.getpid()}.tmp'
-    tmp.write_text(json.dumps({'manifest': manifest_sha256(out), 'files': stamps}))
-    os.replace(tmp, out / VERIFIED)
+    paths.write_text(out / VERIFIED, json.dumps({'manifest': manifest_sha256(out),
+                                                 'files': stamps}))
   return True
 
 
+def _taking_turns(restructure_fn: Callable[..., dict]) -> Callable[..., dict]:
+  """`restructure_fn(source, out, **kwargs)` holding `data.cache.exclusive(out)`; its
+  signature and documentation stay `restructure_fn`'s (`functools.wraps`)."""
+
+  @functools.wraps(restructure_fn)
+  def locked(source: sources.Source, out: str | os.PathLike, **kwargs) -> dict:
+    with cache.exclusive(out):
+      return restructure_fn(source, out, **kwargs)
+
+  return locked
+
+
+@_taking_turns
 def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_class: int,
                 validation_fraction: float = 0.1, test_per_class: int = -1, seed: int = 0,
                 link_mode: str = 'symlink', overwrite: bool = False,
@@ -186,21 +199,9 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
     PermissionError: a class folder can't be listed.
     FileExistsError: `out` holds another subset (and not overwrite) or foreign files.
 
-  Processes restructuring the same `out` at once take turns (`data.cache.exclusive`): the
-  later ones find the first one's subset.
+  Processes restructuring the same `out` at once take turns (`data.cache.exclusive`, taken by
+  `_taking_turns`): the later ones find the first one's subset.
   """
-  with cache.exclusive(out):
-    return _restructure(source, out, images_per_class=images_per_class,
-                        validation_fraction=validation_fraction, test_per_class=test_per_class,
-                        seed=seed, link_mode=link_mode, overwrite=overwrite, log=log,
-                        workers=workers, check_cache=check_cache)
-
-
-def _restructure(source: sources.Source, out: str | os.PathLike, *, images_per_class: int,
-                 validation_fraction: float, test_per_class: int, seed: int, link_mode: str,
-                 overwrite: bool, log: Callable[[str], None], workers: int | None,
-                 check_cache: str | pathlib.Path | None) -> dict:
-  """`restructure` without its lock."""
   if link_mode not in ('symlink', 'copy'):
     raise ValueError(f"link_mode={link_mode!r} is not valid; valid: symlink, copy")
   n_train, n_val = split_sizes(images_per_class, validation_fraction)
@@ -299,7 +300,7 @@ def _restructure(source: sources.Source, out: str | os.PathLike, *, images_per_c
       if not chk.tf_ok:
         imagecheck.normalise(src, dst)
         entry['stored'] = 'normalised'
-        entry['stored_sha256'] = hashlib.sha256(dst.read_bytes()).hexdigest()
+        entry['stored_sha256'] = paths.file_digest(dst)
         entry['original'] = f'{chk.format} {chk.mode}'
         normalised.append(entry['source'])
       elif link_mode == 'symlink':
@@ -323,9 +324,7 @@ def _restructure(source: sources.Source, out: str | os.PathLike, *, images_per_c
       'ignored': ignored,
       'normalised': normalised,
   }
-  tmp = out / f'.{MANIFEST}.{os.getpid()}.tmp'
-  tmp.write_text(json.dumps(manifest, indent=1))
-  os.replace(tmp, manifest_path)
+  paths.write_text(manifest_path, json.dumps(manifest, indent=1))
   (out / MARKER).unlink(missing_ok=True)
   _report(manifest, out, log)
   return manifest
@@ -351,7 +350,7 @@ def _report(manifest: dict, out: pathlib.Path, log: Callable[[str], None]) -> No
 
 
 def manifest_sha256(root: str | os.PathLike) -> str:
-  return hashlib.sha256((pathlib.Path(root) / MANIFEST).read_bytes()).hexdigest()
+  return paths.file_digest(pathlib.Path(root) / MANIFEST)
 
 
 def verified_split(root: str | os.PathLike, manifest: dict, split: str, *,
@@ -372,7 +371,7 @@ def verified_split(root: str | os.PathLike, manifest: dict, split: str, *,
   def check(entry: dict) -> Exception | None:
     path = root / entry['path']
     try:
-      digest = hashlib.sha256(path.read_bytes()).hexdigest()
+      digest = paths.file_digest(path)
     except OSError as e:
       return FileNotFoundError(f'{path} ({split} file from {entry["source"]}) cannot be read: '
                                f'{e.strerror}; restore the data set the run trained on')

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pathlib
 
 import numpy as np
 from PIL import Image
+
+from inception import paths
 
 
 def random_image(rng: np.random.Generator, height: int, width: int, mean: float = 128.0
@@ -90,5 +91,5 @@ def tree_hashes(root: os.PathLike) -> dict[str, str]:
   out = {}
   for p in sorted(root.rglob('*')):
     if p.is_file() or p.is_symlink():
-      out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+      out[p.relative_to(root).as_posix()] = paths.file_digest(p)
   return out

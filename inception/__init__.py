@@ -6,7 +6,7 @@
     inception.features(images, weights='tf2015', endpoint='mixed7')   # pretrained, no run
 """
 
-import importlib
+from inception import lazy
 
 # The API, imported on first use: `import inception.paths` (and every module below) stays
 # light, and loading TensorFlow and JAX waits for a call that needs them.
@@ -15,12 +15,4 @@ _EXPORTS = {'load': 'inception.tools.classifier', 'features': 'inception.tools.c
             'FeatureExtractor': 'inception.tools.classifier'}
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-  if name in _EXPORTS:
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy.exports(__name__, _EXPORTS, globals())

@@ -1,5 +1,8 @@
 """Config value checks shared by the modules that own a config section; each raises ValueError
-naming the key (`config.<key>`), the value and what is valid."""
+naming the key (`config.<key>`), the value and what is valid.
+
+A leaf: it imports nothing of the project, so that `data` (its `config.data` section) may use it
+too (with `inception.paths`, the one layer below both; tests/test_architecture.py)."""
 
 from __future__ import annotations
 

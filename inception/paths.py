@@ -8,11 +8,15 @@ whole object; `inception.train.checkpoints.WorkdirLock` uses a lease file). What
 local (memory-mapped feature caches, the data cache's image trees and locks, `pip download`)
 refuses a URI with `require_local`, naming what to change, instead of writing to a local folder
 called 'gs:'.
+
+A leaf: it imports nothing of the project, so that `data` may use it too (with
+`inception.checks`, the one layer below both; tests/test_architecture.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -148,6 +152,16 @@ def write_bytes(path: str | os.PathLike, blob: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode())
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
+  """The hex digest (`hashlib` algorithm name: sha256, md5, ...) of the file at `path` (local or
+  a URI), read 1 MiB at a time."""
+  digest = hashlib.new(algorithm)
+  with as_path(path).open('rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def append_text(path: str | os.PathLike, text: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from configs import smoke
 from configs import validate
-from inception.models import backbones
+from inception import backbones
 from inception.tools import evaluate
 from inception.train import trainer
 

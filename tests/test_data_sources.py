@@ -27,14 +27,16 @@ def _small_synthetic(c):
 
 
 @pytest.mark.parametrize('key,value,match', [
-    ('preprocess', 'imagenet', r"data.preprocess='imagenet' is not valid; valid: rescale, "),
-    ('source', 'kaggle', r"data.source='kaggle' is not valid"),
-    ('resize_method', 'cubic', r'data.resize_method'),
-    ('augment.fill_mode', 'mirror', r'data.augment.fill_mode'),
-    ('validation_fraction', 1.5, r'data.validation_fraction=1.5 must be in'),
-    ('images_per_class', 0, r'data.images_per_class=0'),
-    ('num_parallel_calls', 0, r'data.num_parallel_calls=0'),
-    ('path', '/no/such/dir', r"data.path='/no/such/dir' does not exist"),
+    ('preprocess', 'imagenet', r"config.data.preprocess='imagenet' is not valid; valid: rescale, "),
+    ('source', 'kaggle', r"config.data.source='kaggle' is not valid"),
+    ('resize_method', 'cubic', r'config.data.resize_method'),
+    ('augment.fill_mode', 'mirror', r'config.data.augment.fill_mode'),
+    ('validation_fraction', 1.5, r'config.data.validation_fraction=1.5 must be in'),
+    ('validation_fraction', float('nan'), r'config.data.validation_fraction is NaN'),
+    ('images_per_class', 0, r'config.data.images_per_class=0'),
+    ('augment.rotation_range', float('nan'), r'config.data.augment.rotation_range is NaN'),
+    ('num_parallel_calls', 0, r'config.data.num_parallel_calls=0'),
+    ('path', '/no/such/dir', r"config.data.path='/no/such/dir' does not exist"),
 ])
 def test_validate_names_key_value_and_choices(key, value, match):
   c = config_lib.get_config()

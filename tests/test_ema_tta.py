@@ -13,7 +13,7 @@ import pytest
 
 from configs import default
 from configs import smoke
-from inception.models import transfer
+from inception import transfer
 from inception.tools import evaluate
 from inception.tools import predict
 from inception.train import optim

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from inception.models import transfer
+from inception import paths
+from inception import transfer
 from inception.tools import export
 from inception.tools import jaxpr_onnx
 from inception.train import steps
@@ -68,7 +69,7 @@ def test_export_json_records_the_run_and_the_checks(exported, run_dir):
     assert all(v['median_s_per_image'] > 0 for v in entry['latency'].values())
     assert entry['runtime']['project_modules_imported'] == []
     path = out_dir / entry['path']
-    digest = export.tree_sha256(path) if path.is_dir() else export.file_sha256(path)
+    digest = export.tree_sha256(path) if path.is_dir() else paths.file_digest(path)
     assert entry['sha256'] == digest, fmt
   assert out['artefacts']['tflite']['latency']['32']['sequential']
 

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from inception.models import transfer
+from inception import transfer
 from inception import weights
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
 from configs import validate
+from inception import paths
 from inception.tools import evaluate
-from inception.models import transfer
+from inception import transfer
 from inception.train import sharding
 from inception.train import trainer
 from inception.train.feature_cache import key as cache_key
@@ -325,7 +326,7 @@ def test_writer_streams_the_bytes_np_save_writes(tmp_path):
     sha, shape = w.finish()
   np.save(tmp_path / 'b.npy', x)
   assert (tmp_path / 'a.npy').read_bytes() == (tmp_path / 'b.npy').read_bytes()
-  assert sha == weights_store.file_digest(tmp_path / 'a.npy') and shape == x.shape
+  assert sha == paths.file_digest(tmp_path / 'a.npy') and shape == x.shape
   with open(tmp_path / 'c.npy', 'wb') as f:
     w = store.NpyWriter(f, 10, 'float32')
     w.add(x[:9])

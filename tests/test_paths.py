@@ -10,6 +10,7 @@ GCS driver) cannot be reached without a network and is not tested here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -89,6 +90,24 @@ def test_atomic_write_to_a_bucket_leaves_only_the_final_object(bucket):
       raise KeyError('interrupted')
   assert sorted(os.listdir(bucket / 'run')) == ['a.json']
   assert (bucket / 'run' / 'a.json').read_text() == '{}\n'
+
+
+@pytest.mark.parametrize('size', [0, 5, 2**20, 2**20 + 1, 3 * 2**20 + 7])  # Around the 1 MiB reads.
+def test_file_digest_is_the_sha256_of_the_bytes(tmp_path, size):
+  blob = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+  (tmp_path / 'f').write_bytes(blob)
+  assert paths.file_digest(tmp_path / 'f') == hashlib.sha256(blob).hexdigest()
+  assert paths.file_digest(str(tmp_path / 'f')) == hashlib.sha256(blob).hexdigest()
+
+
+def test_file_digest_of_a_bucket_object(bucket):
+  paths.write_bytes(f'{BUCKET}/run/a.bin', b'x' * 3000)
+  assert paths.file_digest(f'{BUCKET}/run/a.bin') == hashlib.sha256(b'x' * 3000).hexdigest()
+
+
+def test_file_digest_of_a_missing_file_raises_file_not_found(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    paths.file_digest(tmp_path / 'missing')
 
 
 def test_metrics_writer_on_a_bucket_rewrites_instead_of_appending(bucket):

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import default
 from configs import smoke
+from configs import validate
 from data import testing
+from inception.tools import evaluate
 from inception.train import run_record
 from inception.train import trainer
 
@@ -81,6 +84,52 @@ def test_a_record_without_checkpoints_is_a_new_run(trained, tmp_path):
   summary = trainer.train(c, wd, progress_bars=False, log=lambda _: None)
   assert summary['resumed_from_step'] == 0
   assert run_record.load(wd).config.optimizer.lr == 3e-3
+
+
+def _with_retired_keys(record: dict) -> dict:
+  """`record` (a run.json) as a run recorded before the `RETIRED` keys were removed holds it."""
+  for key in run_record.RETIRED:
+    *sections, name = key.split('.')
+    node = record['config']
+    for section in sections:
+      node = node[section]
+    node[name] = 'auto'
+  return record
+
+
+def test_retired_keys_are_gone_from_the_default_config():
+  c = default.get_config()
+  for key in run_record.RETIRED:
+    *sections, name = key.split('.')
+    for section in sections:
+      c = c[section]
+    assert name not in c, f'{key} is still in configs/default.py: it is not retired'
+
+
+def test_a_record_with_a_retired_key_loads_without_it(tmp_path):
+  """A run recorded before a knob was removed: the key is dropped on load, so today's config
+  matches the record (eval/predict merge it, a resumed run compares with it)."""
+  c = _config(1)
+  (tmp_path / run_record.RECORD).write_text(json.dumps(_with_retired_keys({
+      'format': run_record.FORMAT, 'config': json.loads(c.to_json_best_effort()),
+      'class_names': ['a', 'b'], 'data': {}, 'weights': {}})))
+  record = run_record.load(tmp_path)
+  assert 'loss' not in record.config.train
+  validate.check_keys(record.config, default.get_config())
+  assert run_record.differences(record, c) == []
+  assert run_record.merge(record, c) == record.config
+  run_record.check_resume(record, c, log=pytest.fail)
+
+
+@pytest.mark.slow
+def test_a_run_recorded_with_a_retired_key_resumes_and_evaluates(trained, tmp_path):
+  wd = _copy(trained, tmp_path)
+  path = wd / run_record.RECORD
+  path.write_text(json.dumps(_with_retired_keys(json.loads(path.read_text()))))
+  summary = trainer.train(_config(2), wd, progress_bars=False, log=lambda _: None)
+  assert summary['resumed_from_step'] > 0
+  assert 'loss' not in json.loads(path.read_text())['config']['train']
+  assert evaluate.evaluate(wd, config=_config(2), log=lambda _: None)['count'] > 0
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent('''
   from inception.train import param_rules
   from inception.train import sharding
   from inception.train import steps
-  from inception.models import transfer
+  from inception import transfer
   c = default.get_config()
   c.model.cut, c.model.weights, c.model.head, c.model.dense_units = 'stem', 'random', 'gap', 16
   c.model.dropout = 0.0  # dropout masks depend on the sharding of the random bits

@@ -24,7 +24,7 @@ from inception.tools import predict
 from inception.train import reporting
 from inception.train import run_record
 from inception.train import trainer
-from inception.models import transfer
+from inception import transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 LAST_LINE = re.compile(r'^(.+) @ step (\d+) \((\w+)\): accuracy (\S+) loss (\S+) \(n=(\d+)\)$')

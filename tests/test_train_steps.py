@@ -9,7 +9,7 @@ from configs import default
 from inception.train import optim
 from inception.train import param_rules
 from inception.train import steps
-from inception.models import transfer
+from inception import transfer
 
 SIZE = 75
 

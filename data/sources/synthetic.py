@@ -102,6 +102,7 @@ def generate(config_synthetic: ml_collections.ConfigDict,
       return root
     if root.exists():
       shutil.rmtree(root)  # Our own, half-written or stale: the marker is written last.
+    # Written as a whole folder, then renamed (`inception.paths.atomic_write` is for files).
     tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     names = class_names(p['num_classes'])

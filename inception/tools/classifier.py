@@ -26,8 +26,8 @@ import numpy as np
 
 import data
 from data import config as data_config
-from inception.models import backbones
-from inception.models import transfer
+from inception import backbones
+from inception import transfer
 from inception.tools import evaluate
 from inception.train import sharding
 from inception.train import steps as steps_lib

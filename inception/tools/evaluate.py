@@ -43,7 +43,7 @@ from inception.train import reporting
 from inception.train import run_record
 from inception.train import sharding
 from inception.train import steps as steps_lib
-from inception.models import transfer
+from inception import transfer
 
 FORMAT = 1  # Of the eval JSON.
 
@@ -177,8 +177,7 @@ def _folder_files(eval_dir: Path, class_names) -> tuple[list[tuple[str, int]], d
                             f'{list(class_names)}; missing: {missing}')
   files = [(str(f), label) for label, name in enumerate(class_names)
            for f in data.list_images(eval_dir / name)]
-  rows = [[str(Path(f).relative_to(eval_dir)), hashlib.sha256(Path(f).read_bytes()).hexdigest()]
-          for f, _ in files]
+  rows = [[str(Path(f).relative_to(eval_dir)), paths.file_digest(f)] for f, _ in files]
   return files, {'kind': 'folder', 'path': str(eval_dir.absolute()), 'files_sha256': _digest(rows),
                  'num_files': len(rows)}
 

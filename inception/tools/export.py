@@ -134,18 +134,10 @@ def model_of(r: evaluate.Restored) -> Model:
 def tree_sha256(path: str | os.PathLike) -> str:
   """`TREE_HASH` of a directory (POSIX relative paths)."""
   root = Path(path)
-  lines = sorted(f'{p.relative_to(root).as_posix()} {file_sha256(p)}\n'
+  lines = sorted(f'{p.relative_to(root).as_posix()} {paths.file_digest(p)}\n'
                  for p in root.rglob('*') if p.is_file())
   return hashlib.sha256(''.join(lines).encode()).hexdigest()
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """sha256 of a file's bytes (hex)."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def _size(path: Path) -> int:
@@ -456,7 +448,7 @@ def export(workdir: str | os.PathLike, *, checkpoint: str = 'latest',
           WRITERS[fmt](m, path)
           entry['convert_s'] = round(time.perf_counter() - t, 2)
           entry['bytes'] = _size(path)
-          entry['sha256'] = tree_sha256(path) if path.is_dir() else file_sha256(path)
+          entry['sha256'] = tree_sha256(path) if path.is_dir() else paths.file_digest(path)
           if path.is_dir():
             entry['sha256_of'] = 'tree_hash'
           log(f'Wrote {fmt} ({entry["bytes"] / 2**20:.1f} MiB) in {entry["convert_s"]} s; '

@@ -90,11 +90,9 @@ class EpochMetrics:
 @dataclasses.dataclass
 class Progress:
   """What the actions of one run read and update, at `step` (1-based, after its update)."""
-  config: Any
+  setup: Any  # The run's `trainer.Setup`: config, steps per epoch, `evaluate(state, split)`.
   workdir: epath.Path
-  steps_per_epoch: int
   ckpt: checkpoints.RunCheckpoints
-  evaluate: Callable[[Any, str], dict]  # (state, split) -> steps.evaluate_batches' dict
   writer: reporting.MetricsWriter | None  # Process 0 only.
   log: Callable[[str], None]
   state: Any
@@ -105,8 +103,16 @@ class Progress:
   improved: bool = False  # Whether this step's validation beat `best`.
 
   @property
+  def config(self) -> Any:
+    return self.setup.config
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.setup.steps_per_epoch
+
+  @property
   def total_steps(self) -> int:
-    return self.config.train.epochs * self.steps_per_epoch
+    return self.setup.total_steps
 
   @property
   def epoch(self) -> int:
@@ -204,7 +210,7 @@ class EndEpoch:
       p.writer.write('train_epoch', p.step, p.epoch, train_m)
     val = None
     if p.epoch % tc.eval_every_epochs == 0 or p.epoch == tc.epochs:
-      res = p.evaluate(p.state, 'validation')
+      res = p.setup.evaluate(p.state, 'validation')
       val = {'loss': res['loss'], 'accuracy': res['accuracy']}
       line += f' | val_loss {val["loss"]:.4f} val_accuracy {val["accuracy"]:.4f}'
       if p.writer:
@@ -247,7 +253,7 @@ class StopOnPreemption:
     raise preemption_lib.Preempted(p.step, p.workdir)
 
 
-def standard(p: Progress, signal: preemption_lib.PreemptionSignal, progress_bars: bool
+def default_actions(p: Progress, signal: preemption_lib.PreemptionSignal, progress_bars: bool
              ) -> list:
   """The actions of a training run, in the order they run after each step."""
   checkpoint = SaveCheckpoint(p)

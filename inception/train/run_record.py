@@ -17,7 +17,8 @@ run.json (format 1):
                     build keywords, e.g. {'mixed10_pool': 'max'})
 
 The checkpoints hold every parameter (the backbone too), so with this record a copied workdir
-evaluates and predicts with no weights file and no data set.
+evaluates and predicts with no weights file and no data set. A key the project has since
+removed (`RETIRED`) is dropped from the recorded config when it is loaded.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ RESUME_CHANGEABLE = ('train.epochs', 'train.on_nonfinite', 'train.prefetch_to_de
                      'train.feature_cache', 'checkpoint.every_steps', 'checkpoint.keep',
                      'checkpoint.async_save', 'eval.batch_size', 'eval.tta',
                      'data.num_parallel_calls', 'data.prefetch')
+
+# Config keys the project no longer has: knobs that had one value left, whose behaviour is now
+# fixed (train.loss: 'auto', the loss follows the number of classes). Records of earlier runs
+# hold them; `load` drops them, so those runs still evaluate, predict and resume.
+RETIRED = ('train.loss',)
 
 
 class ConfigMismatchError(ValueError):
@@ -99,6 +105,18 @@ def config_from_json(obj: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(obj))
 
 
+def _without_retired(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` without the `RETIRED` keys it holds (removed in place)."""
+  for key in RETIRED:
+    *sections, name = key.split('.')
+    node = config
+    for section in sections:
+      node = node.get(section, {})
+    if name in node:
+      del node[name]
+  return config
+
+
 def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: Any,
           weights: dict) -> None:
   """Writes run.json and data_manifest.json (atomically) for a run on `info`'s data.
@@ -142,8 +160,8 @@ def load(workdir: str | os.PathLike) -> RunRecord:
     raise ValueError(f'{path} is not a readable run record: {e}') from None
   if fmt != FORMAT:
     raise ValueError(f'{path} has format {fmt!r}; this version reads format {FORMAT}')
-  return RunRecord(workdir, config_from_json(obj['config']), tuple(obj['class_names']),
-                   obj['data'], obj['weights'])
+  return RunRecord(workdir, _without_retired(config_from_json(obj['config'])),
+                   tuple(obj['class_names']), obj['data'], obj['weights'])
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:

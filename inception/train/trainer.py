@@ -26,7 +26,7 @@ from etils import epath
 
 import data
 from inception import paths
-from inception.models import transfer
+from inception import transfer
 from inception.train import actions as actions_lib
 from inception.train import batches
 from inception.train import checkpoints
@@ -174,11 +174,12 @@ def _train_locked(config, workdir: epath.Path, log, progress_bars: bool, feature
     # epoch's mean is the uninterrupted run's, bit for bit.
     epoch_metrics = actions_lib.EpochMetrics.from_meta(
         s.resumed_meta if start_step % s.steps_per_epoch else {})
-    p = actions_lib.Progress(config, workdir, s.steps_per_epoch, ckpt, s.evaluate, writer, log,
-                             s.state, start_step, epoch_metrics, s.resumed_meta.get('best'))
+    p = actions_lib.Progress(setup=s, workdir=workdir, ckpt=ckpt, writer=writer, log=log,
+                             state=s.state, step=start_step, epoch_metrics=epoch_metrics,
+                             best=s.resumed_meta.get('best'))
     if start_step < s.total_steps:
       signal = resources.enter_context(preemption.PreemptionSignal(log))
-      _loop(s, p, actions_lib.standard(p, signal, progress_bars))
+      _loop(s, p, actions_lib.default_actions(p, signal, progress_bars))
     else:
       log(f'Training already finished ({start_step}/{s.total_steps} steps); reporting only.')
     ckpt.wait()
@@ -193,8 +194,8 @@ def _loop(s: Setup, p: actions_lib.Progress, actions: list) -> None:
   """Steps from `p.step` to the last one; after each, the actions that are due."""
   base_key = sharding.replicate(
       jax.random.fold_in(jax.random.key(s.config.seed), DROPOUT_STREAM), s.mesh)
-  train_batches = sharding.prefetch_to_device(s.source.train_batches(start_step=p.step), s.mesh,
-                                         s.config.train.prefetch_to_device)
+  train_batches = sharding.prefetch_to_device(s.source.train_batches(start_step=p.step),
+                                              s.mesh, s.config.train.prefetch_to_device)
   for step in range(p.step + 1, s.total_steps + 1):
     p.state, metrics = s.train_step(p.state, next(train_batches), base_key)
     p.step = step

@@ -16,7 +16,7 @@ import ml_collections
 import data.config
 from inception import checks
 from inception import paths
-from inception.models import transfer
+from inception import transfer
 from inception.train import actions
 from inception.train import checkpoints
 from inception.train import optim

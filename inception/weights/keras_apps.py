@@ -13,7 +13,7 @@ from inception import paths
 from inception.models import inception_v3 as model_lib
 from inception.weights import keras_h5
 from inception.weights import layout
-from inception.weights.store import DownloadError, WeightsError, file_digest
+from inception.weights.store import DownloadError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def cached_h5(name: str, cache: pathlib.Path, download: bool) -> pathlib.Path:
           f.write(chunk)
     except OSError as e:  # URLError, timeouts, DNS failures.
       raise DownloadError(f'Cannot download {KERAS_URL}{file_name}: {e}. {how}') from None
-  found = file_digest(path, 'md5')
+  found = paths.file_digest(path, 'md5')
   if found != md5:
     raise WeightsError(f'{path}: md5 {found} != expected {md5}; the file is truncated or not '
                        f'{file_name}. Delete it. {how}')

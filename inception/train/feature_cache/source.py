@@ -30,7 +30,7 @@ from flax import traverse_util
 
 from data import cache as data_cache
 from data import pipeline
-from inception.models import transfer
+from inception import transfer
 from inception.train import sharding
 from inception.train import xla_options
 from inception.train.feature_cache import key as key_lib

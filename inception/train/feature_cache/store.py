@@ -30,7 +30,6 @@ import numpy as np
 
 from inception import checks
 from inception import paths
-from inception.weights import store as weights_store
 
 # train.feature_cache_dtype -> the .npy's dtype on disk.
 STORAGE_DTYPES = {'float32': np.dtype(np.float32), 'float16': np.dtype(np.float16),
@@ -178,7 +177,7 @@ class Store:
     """
     npy, side = self.paths(split)
     meta = json.loads(side.read_text())
-    if verify and weights_store.file_digest(npy) != meta['sha256']:
+    if verify and paths.file_digest(npy) != meta['sha256']:
       raise ValueError('sha256 differs from the sidecar')
     feats = np.load(npy, mmap_mode='r', allow_pickle=False)
     if feats.shape[0] != count or list(feats.shape) != meta['shape']:

@@ -1,5 +1,8 @@
 """The backbone registry: what the transfer model, validation, the feature cache and the tools
-need to know about a backbone, in one entry (`config.model.backbone` names it).
+need to know about a backbone, in one entry (`config.model.backbone` names it). An entry joins
+a model (`inception.models.inception_v3`) to its pretrained weights (`inception.weights`), so
+the registry sits above both and neither imports it; the transfer model
+(`inception.transfer`) builds on it.
 
     backbone = backbones.get(config.model.backbone)
     module = backbone.build(stop_at='mixed7', dtype=jnp.float32, name='backbone', **variant)
@@ -20,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 
@@ -105,8 +107,3 @@ def get(name: str) -> Backbone:
     raise ValueError(f'config.model.backbone={name!r} is not valid; valid: '
                      f'{", ".join(sorted(_REGISTRY))}')
   return _REGISTRY[name]
-
-
-def variant_of(provenance: dict) -> dict[str, Any]:
-  """The build keywords recorded in a weights provenance."""
-  return dict(provenance.get('variant') or {})

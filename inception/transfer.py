@@ -1,4 +1,4 @@
-"""The transfer model: a registered backbone (InceptionV3 by default; `inception.models.backbones`)
+"""The transfer model: a registered backbone (InceptionV3 by default; `inception.backbones`)
 cut at an endpoint + a small classifier head.
 
     backbone  backbones.get(name).build(stop_at=cut, **variant)   [N, H, W, 3] -> [N, h, w, C]
@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inception import backbones
 from inception import checks
-from inception.models import backbones
 
 HEADS = ('flatten', 'gap')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
