@@ -56,9 +56,16 @@ class MetricsWriter:
       self._write_tb(split, step, metrics)
 
   def _write_tb(self, split: str, step: int, metrics: dict[str, float]) -> None:
+    """tf.summary scalars (float32), flushed per write so a killed run's events are readable.
+    TF's file system writes URIs such as gs:// itself."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # already used by tf.data
     if split not in self._writers:
-      self._writers[split] = EventFileWriter(self.tb_dir / split)
-    self._writers[split].scalars(step, metrics)
+      self._writers[split] = tf.summary.create_file_writer(str(self.tb_dir / split))
+    writer = self._writers[split]
+    with writer.as_default():  # Restores the previous default writer (none) on exit.
+      for k, v in metrics.items():
+        tf.summary.scalar(k, float(v), step=int(step))
+    writer.flush()
 
   def close(self) -> None:
     for w in self._writers.values():
@@ -72,50 +79,20 @@ class MetricsWriter:
     self.close()
 
 
-class EventFileWriter:
-  """TensorBoard scalar event files, written with TF's protos and TFRecord framing only.
-
-  `tf.summary.scalar` needs the `tensorboard` package, which tensorflow-cpu does not pull in;
-  the event file format is just TFRecords of `Event` protos, so we write those directly
-  (`tf.io` writes URIs such as gs:// itself).
-  """
-
-  def __init__(self, logdir: str | os.PathLike):
-    import socket  # pylint: disable=g-import-not-at-top
-    import time  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # already used by tf.data
-    from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
-    paths.as_path(logdir).mkdir(parents=True, exist_ok=True)
-    self._event_pb2 = event_pb2
-    self.path = (paths.as_path(logdir) /
-                 f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}')
-    self._writer = tf.io.TFRecordWriter(str(self.path))
-    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
-
-  def _write(self, event) -> None:
-    self._writer.write(event.SerializeToString())
-    self._writer.flush()
-
-  def scalars(self, step: int, values: dict[str, float]) -> None:
-    import time  # pylint: disable=g-import-not-at-top
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
-    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
-
-  def close(self) -> None:
-    self._writer.close()
-
-
 def read_events(path: str | os.PathLike) -> list[tuple[int, str, float]]:
-  """(step, tag, value) of the scalars in one event file (for tests and quick looks)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  """(step, tag, value) of the scalars in one event file, in file order, read by TensorBoard's
+  own loader (which also turns older `simple_value` scalars into tensors); for tests and quick
+  looks."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+  # pylint: enable=g-import-not-at-top
   out = []
-  for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-    e = event_pb2.Event.FromString(raw)
+  for e in event_file_loader.EventFileLoader(os.fspath(path)).Load():
     for v in e.summary.value:
-      out.append((e.step, v.tag, v.simple_value))
+      value = tensor_util.make_ndarray(v.tensor) if v.HasField('tensor') else None
+      if value is not None and value.ndim == 0:
+        out.append((e.step, v.tag, float(value)))
   return out
 
 
