@@ -1,9 +1,12 @@
-"""Shared pieces of the benchmarks: environment report, A/B alternation, FLOPs, matmul peak.
+"""The benchmarks' one harness: environment and CPU report, A/B alternation, medians and
+spreads, FLOPs, matmul peak, the seed recipe's set-up.
 
 Every benchmark times its contenders alternately (A B A B ...) after warm-up and compilation and
 reports medians: on a shared machine absolute times are noise, ratios measured side by side are
-the figures. Nothing here builds a Keras model: the Keras 2 side (the seed's model, the weight
-copy both ways) is `keras_models.py`.
+the figures. Importing this module puts the repo root on sys.path (the scripts run as
+`python bench/<name>.py`), for `inception`, `data`, `configs` and the Keras references the
+benchmarks compare against, `tests.reference` (`keras_models`, `keras3_models`,
+`keras_recipe`); nothing here builds a Keras model.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,11 +52,44 @@ def versions(dists: tuple[str, ...] = VERSIONED) -> dict[str, str]:
   return found
 
 
+def cpu_facts() -> dict[str, Any]:
+  """CPU model, count and AVX2 / AVX-512 flags (lscpu; /proc/cpuinfo when lscpu is missing;
+  the model `platform.processor()` when neither names it)."""
+  text = ''
+  try:
+    text = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
+  except OSError:
+    pass
+  model, flags = '', ''
+  for line in text.splitlines():
+    key, _, value = line.partition(':')
+    if key.strip() == 'Model name':
+      model = value.strip()
+    elif key.strip() == 'Flags':
+      flags = value.strip()
+  if not model or not flags:
+    try:
+      info = pathlib.Path('/proc/cpuinfo').read_text()
+    except OSError:
+      info = ''
+    for line in info.splitlines():
+      key, _, value = line.partition(':')
+      if key.strip() == 'model name' and not model:
+        model = value.strip()
+      elif key.strip() == 'flags' and not flags:
+        flags = value.strip()
+  avx512 = sorted(f for f in flags.split() if f.startswith('avx512'))
+  return {'cpu_model': model or platform.processor() or 'unknown', 'cpu_count': os.cpu_count(),
+          'avx512': avx512, 'avx2': 'avx2' in flags.split()}
+
+
 def environment_facts() -> dict[str, Any]:
-  """Host, CPUs, load average, platform, library versions and XLA_FLAGS, JSON-able."""
+  """Host, CPU model and count, load average, platform, library versions and XLA_FLAGS,
+  JSON-able."""
   return {
       'host': platform.node(), 'machine': platform.machine(), 'platform': platform.platform(),
-      'python': platform.python_version(), 'cpu_count': os.cpu_count(),
+      'python': platform.python_version(), 'cpu_model': cpu_facts()['cpu_model'],
+      'cpu_count': os.cpu_count(),
       'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
       **versions(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
@@ -64,13 +101,38 @@ def environment() -> str:
   load = ', '.join(f'{x:.2f}' for x in facts['load_average'] or ())
   versions_text = '; '.join(f'{dist} {facts[dist]}' for dist in VERSIONED if dist in facts)
   return (f'# host: {facts["host"]} {facts["machine"]}, os.cpu_count()={facts["cpu_count"]}, '
-          f'load average (1/5/15 min) {load}\n# python {facts["python"]}; '
+          f'load average (1/5/15 min) {load}\n# CPU: {facts["cpu_model"]}\n'
+          f'# python {facts["python"]}; '
           f'{versions_text}\n# XLA_FLAGS={facts["xla_flags"]!r}')
+
+
+def timed(fn: Callable[[], Any], calls: int = 1) -> Callable[[], float]:
+  """`fn` as a contender that times itself: runs `calls` calls, returns seconds per call."""
+  def run() -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+      fn()
+    return (time.perf_counter() - start) / calls
+  return run
+
+
+def rounds(contenders: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+  """`repeats` rounds, each contender once per round in order (A B A B ...).
+
+  Every contender returns its own seconds per call (`timed`, or a worker process that times
+  inside itself, so that a pipe's round trip is not counted). Returns name -> seconds per
+  call, one entry per round.
+  """
+  times = {name: [] for name in contenders}
+  for _ in range(repeats):
+    for name, fn in contenders.items():
+      times[name].append(fn())
+  return times
 
 
 def alternate(contenders: Mapping[str, Callable[[], Any]], repeats: int, calls: int = 1,
               warmup: int = 1) -> dict[str, list[float]]:
-  """Times each contender `repeats` times, alternating A B A B ...
+  """Times each contender `repeats` times, alternating A B A B ... (`rounds` of `timed`).
 
   Args:
     contenders: name -> function that runs one unit of work to completion (blocks on results).
@@ -84,14 +146,7 @@ def alternate(contenders: Mapping[str, Callable[[], Any]], repeats: int, calls: 
   for fn in contenders.values():
     for _ in range(warmup):
       fn()
-  times = {name: [] for name in contenders}
-  for _ in range(repeats):
-    for name, fn in contenders.items():
-      start = time.perf_counter()
-      for _ in range(calls):
-        fn()
-      times[name].append((time.perf_counter() - start) / calls)
-  return times
+  return rounds({name: timed(fn, calls) for name, fn in contenders.items()}, repeats)
 
 
 def median(xs: list[float]) -> float:
@@ -108,6 +163,23 @@ def report_rates(times: Mapping[str, list[float]], items_per_call: int, baseline
     print(f'  {name:<34s} {rate:8.2f} {unit} (range {lo:.2f}-{hi:.2f}, n={len(times[name])})  '
           f'ratio vs {baseline}: {rate / rates[baseline]:.2f}x', flush=True)
   return rates
+
+
+def spread(xs: Sequence[float], digits: int = 2) -> str:
+  """'min..median..max' of `xs`."""
+  return '..'.join(f'{x:.{digits}f}' for x in (min(xs), statistics.median(xs), max(xs)))
+
+
+def report_ratios(times: Mapping[str, list[float]],
+                  pairs: Sequence[tuple[str, str]]) -> dict[str, list[float]]:
+  """Per (a, b) of `pairs`: a's speed over b's, round by round (b's seconds / a's, the rounds
+  of `alternate` or `rounds`), printed as `spread`; returns 'a / b' -> the ratios."""
+  ratios = {}
+  for a, b in pairs:
+    r = [tb / ta for ta, tb in zip(times[a], times[b])]
+    ratios[f'{a} / {b}'] = r
+    print(f'  per-round speed ratio {a} / {b}: {spread(r)} (n={len(r)})', flush=True)
+  return ratios
 
 
 def compiled_flops(compiled: Any) -> float:
@@ -143,6 +215,15 @@ def matmul_peak(size: int = 2048, repeats: int = 10, dtype: Any = None) -> float
   return 2 * size**3 / min(times)
 
 
+def default_data_path() -> str:
+  """The real photos: $ANIMALS10_DIR, else ../shared/data/animals10-standin next to the repo,
+  else '' (none: the callers search, or use the synthetic data set)."""
+  if os.environ.get('ANIMALS10_DIR'):
+    return os.environ['ANIMALS10_DIR']
+  shared = REPO_ROOT.parent / 'shared' / 'data' / 'animals10-standin'
+  return str(shared) if shared.exists() else ''
+
+
 def random_images(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> np.ndarray:
   """[n, size, size, 3] float32 in [0, 1] (already `rescale`d), and labels [n] in {0, 1}."""
   rng = np.random.default_rng(seed)
@@ -155,7 +236,7 @@ def seed_train_setup(variables_backbone: dict) -> tuple[Any, Any, Callable, Any]
   lower it and compile with other options as they compare)."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import dog_horse  # pylint: disable=g-import-not-at-top
-  from inception.models import transfer  # pylint: disable=g-import-not-at-top
+  from inception import transfer  # pylint: disable=g-import-not-at-top
   from inception.train import optim  # pylint: disable=g-import-not-at-top
   from inception.train import param_rules  # pylint: disable=g-import-not-at-top
   from inception.train import steps  # pylint: disable=g-import-not-at-top

@@ -13,7 +13,7 @@ synthetic data set; no test split (not part of an epoch). Runs, in one process:
      between the trainer's epoch lines (training + validation; checkpoints only after the last).
   2. The same with head 'gap' (a 'gap' head caches pooled features: its epoch 1 computes its
      own cache).
-  3. tf_keras `model.fit` of the same train/validation arrays (`bench/keras_models.py`
+  3. tf_keras `model.fit` of the same train/validation arrays (`tests/reference/keras_models.py`
      `build_model`: frozen backbone + Flatten head, same weights), --keras-epochs epochs.
   4. The flatten head step alone: XLA cost analysis FLOPs, median step time, GFLOP/s vs the
      measured float32 matmul peak (`bench.common.matmul_peak`), and the memory-bandwidth floor
@@ -28,16 +28,14 @@ import argparse
 import os
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import keras_models  # pylint: disable=g-import-not-at-top,wrong-import-position
-import keras_recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py; also puts the repo root on sys.path.
+from tests.reference import keras_models  # pylint: disable=g-bad-import-order
+from tests.reference import keras_recipe  # pylint: disable=g-bad-import-order
 
 FLATTEN_KERNEL_BYTES = 4 * 7 * 7 * 768 * 1024  # float32 Dense(37632 -> 1024): mixed7, 150 px.
 
@@ -65,8 +63,9 @@ def make_config(args, head: str):
   return c
 
 
-def timed_run(config, workdir: pathlib.Path) -> list[float]:
-  """Trains; returns each epoch's seconds (epoch 1 from the start of the training loop)."""
+def timed_run(config, workdir: pathlib.Path, feature_dir: pathlib.Path) -> list[float]:
+  """Trains, the features cached under `feature_dir`; returns each epoch's seconds (epoch 1
+  from the start of the training loop)."""
   from inception.train import trainer
   marks: list[tuple[float, str]] = []
 
@@ -74,7 +73,7 @@ def timed_run(config, workdir: pathlib.Path) -> list[float]:
     marks.append((time.perf_counter(), line))
     print(f'  | {line}', flush=True)
 
-  trainer.train(config, workdir, log=log, progress_bars=False)
+  trainer.train(config, workdir, log=log, progress_bars=False, feature_dir=feature_dir)
   start = next(t for t, l in marks if l.startswith('Feature cache: key'))
   ends = [next(t for t, l in marks if l.startswith(f'epoch {e}/')) for e in
           range(1, config.train.epochs + 1)]
@@ -87,7 +86,7 @@ def head_step_inputs(config):
   import jax
   from inception.train import sharding
   from inception.train import trainer
-  from inception.models import transfer
+  from inception import transfer
   s = trainer.build(config, log=lambda _: None)
   repl, dsh = sharding.replicated(s.mesh), sharding.data_sharded(s.mesh)
   feats = jax.eval_shape(transfer.BackboneOnly(s.model).apply,
@@ -105,7 +104,7 @@ def head_step(config) -> tuple[float, float]:
   """(FLOPs per step from XLA's cost analysis, median seconds per step) of the cached step."""
   import jax
   from inception.train import steps as steps_lib
-  from inception.models import transfer
+  from inception import transfer
   s, repl, dsh, batch, key = head_step_inputs(config)
   step = steps_lib.make_train_step(transfer.HeadOnly(s.model), s.tx, s.mask,
                                    state_sharding=repl, batch_sharding=dsh)
@@ -155,7 +154,7 @@ def keras_epochs(config, epochs: int) -> list[float]:
   (x, y), (xv, yv) = arrays('train'), arrays('validation')
   variables = jax.device_get(weights.load(config.model.weights).variables)
   model = keras_models.build_model(config.data.image_size, variables, config.model.cut)
-  timer = keras_recipe._epoch_timer()  # pylint: disable=protected-access
+  timer = keras_recipe.epoch_timer()
   model.fit(x, y, batch_size=config.train.batch_size, epochs=epochs, shuffle=True,
             validation_data=(xv, yv), callbacks=[timer], verbose=2)
   return timer.seconds
@@ -177,18 +176,18 @@ def main(argv=None) -> None:
   common.quiet_tensorflow()
   keras_models.configure_tensorflow(args.threads)
   if args.data_path is None:
-    args.data_path = keras_recipe._default_data_path()  # pylint: disable=protected-access
+    args.data_path = common.default_data_path()
   print(common.environment(), flush=True)
   print(f'# data: {args.data_path or "SYNTHETIC (no real photos found)"}, '
         f'{args.images_per_class} images/class, augmentation off', flush=True)
 
-  from inception.train import feature_cache  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
-    feature_cache.DIRECTORY = pathlib.Path(tmp) / 'features'  # Epoch 1 really computes them.
     ours = {}
     for head in ('flatten', 'gap'):
       print(f'ours, head {head}:', flush=True)
-      ours[head] = timed_run(make_config(args, head), pathlib.Path(tmp) / head)
+      # A fresh feature folder: epoch 1 really computes them.
+      ours[head] = timed_run(make_config(args, head), pathlib.Path(tmp) / head,
+                             pathlib.Path(tmp) / 'features')
   flatten_cfg = make_config(args, 'flatten')
   print('Keras (tf_keras fit, frozen backbone + Flatten head, same arrays):', flush=True)
   keras = keras_epochs(flatten_cfg, args.keras_epochs)

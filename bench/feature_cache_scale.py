@@ -5,8 +5,8 @@
 
 Each run (N images, storage dtype) goes in a fresh subprocess, so its peak RSS
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) is its own. The subprocess drives the real
-`FeatureCache` of `inception/train/feature_cache.py` -- its streaming writer, sha256
-verification, memory-mapped reads and `train_batches` -- at the seed recipe's cut and the
+`CachedFeatures` of `inception/train/feature_cache/source.py` -- its store's streaming
+writer, sha256 verification, memory-mapped reads and `train_batches` -- at the seed recipe's cut and the
 Animals-10 resolution (mixed7 at 299 px: rows [17, 17, 768], or pooled [768] for a 'gap'
 head), but it does NOT run the backbone: the feature values are synthetic (one random
 float32 block [64, 17, 17, 768] plus the block's index), so a run takes seconds to minutes
@@ -14,7 +14,7 @@ instead of hours on a small CPU. A fake manifest of N file names stands in for t
 (no image is read). Per run it reports:
 
   write   seconds to stream N rows to disk (encode to the storage dtype, write, sha256, fsync,
-          rename, sidecar), as `FeatureCache._write` does after the forward passes;
+          rename, sidecar), as `store.Store.write` does after the forward passes;
   load    seconds to verify the file's sha256 (streamed) and memory-map it, as a later run does;
   epoch   seconds to serve one training epoch (N // batch batches of float32 rows in the
           per-(seed, epoch) order of `data.pipeline.train_batches`) from the mapping;
@@ -37,23 +37,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py; also puts the repo root on sys.path.
 
 ROW = (17, 17, 768)  # mixed7 at 299 px
 DEFAULT_RUNS = ('2000:float32,10000:float32,2000:float16,10000:float16,30000:float16,'
                 '30000:float32:gap')
-
-
-def cpu_name() -> str:
-  try:
-    for line in open('/proc/cpuinfo'):
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  import platform  # pylint: disable=g-import-not-at-top
-  return platform.processor() or 'unknown'
 
 
 def rss_mib() -> float:
@@ -69,42 +57,43 @@ def child(n: int, storage: str, head: str, batch: int, directory: pathlib.Path) 
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from data import restructure  # pylint: disable=g-import-not-at-top
-  from inception.models import transfer  # pylint: disable=g-import-not-at-top
-  from inception.train import feature_cache  # pylint: disable=g-import-not-at-top
+  from inception import transfer  # pylint: disable=g-import-not-at-top
   from inception.train import sharding  # pylint: disable=g-import-not-at-top
+  from inception.train.feature_cache import source  # pylint: disable=g-import-not-at-top
+  from inception.train.feature_cache import store  # pylint: disable=g-import-not-at-top
 
   c = default.get_config()
   c.data.image_size, c.model.cut, c.model.head = 299, 'mixed7', head
   c.train.feature_cache_dtype = storage
+  c.train.batch_size, c.seed = batch, 0
   root = directory / 'data'
   root.mkdir(parents=True)
   (root / restructure.MANIFEST).write_text(json.dumps({'splits': {'train': [
       {'path': f'x/{i}.jpg', 'label': i % 2} for i in range(n)]}}))
   info = types.SimpleNamespace(root=root, manifest_sha256=f'bench-{n}',
                                num_examples={'train': n})
-  fc = feature_cache.FeatureCache(c, transfer.from_config(c, 2), {}, info, {},
-                                  sharding.make_mesh(), directory=directory / 'features',
-                                  log=lambda _: None)
+  fc = source.CachedFeatures(c, transfer.from_config(c, 2), {}, info, {}, sharding.make_mesh(),
+                             directory=directory / 'features', log=lambda _: None)
   base = np.random.default_rng(0).standard_normal((64,) + ROW, np.float32)
   if fc.pooled:
     base = base.mean(axis=(1, 2))
 
-  def blocks():  # What `FeatureCache._forward` yields, without the backbone.
+  def blocks():  # What `CachedFeatures` computes, without the backbone.
     buf = np.empty_like(base)
     for i, lo in enumerate(range(0, n, len(base))):
       rows = np.add(base, np.float32(i), out=buf)[:n - lo]
-      yield feature_cache.encode(rows, storage)
+      yield store.encode(rows, storage)
 
   baseline = rss_mib()
   t0 = time.perf_counter()
-  fc._write('train', n, blocks())  # pylint: disable=protected-access
+  fc.store.write('train', n, blocks(), fc.ingredients, log=lambda _: None)
   t1 = time.perf_counter()
-  feature_cache.clear_memory()
+  fc.clear_memory()
   feats, labels = fc.features('train')  # Verifies the sha256, maps the file.
   t2 = time.perf_counter()
-  size = (fc.dir / 'train.npy').stat().st_size
+  size = fc.store.paths('train')[0].stat().st_size
   steps, total = n // batch, 0.0
-  it = fc.train_batches(batch_size=batch, seed=0)
+  it = fc.train_batches()
   t3 = time.perf_counter()
   for _ in range(steps):
     b = next(it)
@@ -130,8 +119,7 @@ def main():
     n, storage, head, directory = args.child.split(':', 3)
     print(json.dumps(child(int(n), storage, head, args.batch, pathlib.Path(directory))))
     return
-  print(common.environment())
-  print(f'# CPU: {cpu_name()}', flush=True)
+  print(common.environment(), flush=True)
   rows = []
   for spec in args.runs.split(','):
     n, storage, *rest = spec.split(':')

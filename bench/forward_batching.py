@@ -23,10 +23,10 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import keras_models
 from inception.models import folding
 from inception.models import inception_v3 as model_lib
 from inception.train import xla_options
+from tests.reference import keras_models
 
 
 def main(argv=None) -> None:

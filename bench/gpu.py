@@ -30,7 +30,7 @@ def _setting(mode: str, size: int, dtype: str, batch: int, warmup: int, calls: i
   from inception.train import optim
   from inception.train import param_rules
   from inception.train import steps
-  from inception.models import transfer
+  from inception import transfer
 
   config = dog_horse.get_config()
   config.model.dtype = dtype

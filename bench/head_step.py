@@ -22,12 +22,9 @@ About 2 min on 2 cores; synthetic features, random weights (no files needed).
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py; also puts the repo root on sys.path.
 
 common.quiet_tensorflow()
 
@@ -53,7 +50,7 @@ def main(argv=None) -> None:
   print(common.environment(), flush=True)
   from configs import dog_horse
   from inception.train import steps
-  from inception.models import transfer
+  from inception import transfer
   import feature_cache  # bench/feature_cache.py: the step's inputs, copy_bandwidth.
 
   config = dog_horse.get_config()

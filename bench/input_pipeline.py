@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import data  # pylint: disable=g-import-not-at-top
+import common  # bench/common.py; also puts the repo root on sys.path.
+import data  # pylint: disable=g-bad-import-order
 from data import config as config_lib
 from data.sources import animals10
 
@@ -29,12 +26,10 @@ from data.sources import animals10
 def _config(tmp: str) -> tuple:
   c = config_lib.get_config()
   c.dir = os.path.join(tmp, 'subset')
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  standin = repo.parent / 'shared' / 'data' / 'animals10-standin'
-  for cand in (os.environ.get('ANIMALS10_DIR', ''), str(standin)):
-    if cand and animals10.find_raw_img(cand):
-      c.source, c.path = 'animals10', cand
-      return c, f'real photos: {animals10.find_raw_img(cand)}'
+  cand = common.default_data_path()
+  if cand and animals10.find_raw_img(cand):
+    c.source, c.path = 'animals10', cand
+    return c, f'real photos: {animals10.find_raw_img(cand)}'
   c.source = 'synthetic'
   c.synthetic.images_per_class = 500
   return c, 'SYNTHETIC data (no real photos found; set $ANIMALS10_DIR)'
@@ -55,9 +50,10 @@ def main() -> None:
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--batch-size', type=int, default=20)
   a = p.parse_args()
+  print(common.environment(), flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     c, what = _config(tmp)
-    print(f'Input pipeline benchmark on {what}; {os.cpu_count()} CPUs; 150 px; '
+    print(f'Input pipeline benchmark on {what}; 150 px; '
           f'batch {a.batch_size}; {a.batches} batches x {a.repeats} repeats')
     info = data.prepare(c, log=lambda s: None)
     print(f'  {info.num_examples}')

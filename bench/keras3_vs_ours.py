@@ -4,12 +4,13 @@
         [--batches 20,64] [--weights tf2015] [--skip-forward] [--skip-train]
 
 The peer a JAX user would pick: `keras.applications.InceptionV3(weights=None, include_top=False,
-input_shape=(150, 150, 3))` (Keras 3, KERAS_BACKEND=jax) cut at mixed7, `base.trainable = False`,
+input_shape=(150, 150, 3))` (Keras 3, KERAS_BACKEND=jax) cut at mixed7, frozen,
 Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, sigmoid), RMSprop 1e-3, binary
 cross-entropy, batch 20, 150 px. Both sides hold the same ImageNet backbone (`--weights`, the
-project's converted tf2015 by default, loaded into Keras by conv/BatchNorm creation order as
-`keras_models.load_flax_variables` does for tf_keras); the heads are each side's own random
-initialisation (speed does not depend on their values).
+project's converted tf2015 by default, loaded into Keras 3 by conv/BatchNorm creation order with
+`tests/reference/keras_models.py`'s copy, as for tf_keras): the model is
+`tests/reference/keras3_models.py`'s; the heads are each side's own random initialisation
+(speed does not depend on their values).
 
 Keras 3 runs in worker subprocesses (KERAS_BACKEND must be set before keras is imported, and
 XLA reads XLA_FLAGS once per process), driven over a pipe so that every contender is timed
@@ -40,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,70 +48,16 @@ import time
 
 import numpy as np
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-if BENCH_DIR not in sys.path:  # Also when imported as bench.keras3_vs_ours (tests): the siblings.
-  sys.path.insert(0, BENCH_DIR)
-# `common` also puts the repo root on sys.path (for `inception` and `data`).
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from inception.train import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # bench/common.py; also puts the repo root on sys.path.
+from inception.train import xla_options  # pylint: disable=g-bad-import-order
+from tests.reference import keras3_models  # pylint: disable=g-bad-import-order
+from tests.reference import keras_models  # pylint: disable=g-bad-import-order
 
 BATCH = common.BATCH_SIZE
 SIZE = common.IMAGE_SIZE
 
 
-def cpu_name() -> str:
-  """The CPU's model name (/proc/cpuinfo), else `platform.processor()`."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  import platform
-  return platform.processor() or 'unknown'
-
-
 # --------------------------------------------------------------------------- Keras 3 worker
-
-def keras3_units(model) -> list:
-  """The (Conv2D, BatchNormalization) layer pairs of a Keras 3 InceptionV3, in creation order.
-
-  Keras 3 names unnamed layers as Keras 2 does (conv2d, conv2d_1, ...; batch_normalization,
-  ...), so the order is the name suffix (`keras_h5.layers_of_kind`); each pair is checked to be
-  conv -> BatchNorm in the graph (Keras 3's node API, not tf_keras' `outbound_nodes`).
-  """
-  from inception.weights import keras_h5
-  by_name = {l.name: l for l in model.layers}
-  convs = [by_name[n] for n in keras_h5.layers_of_kind(by_name, 'conv2d')]
-  bns = [by_name[n] for n in keras_h5.layers_of_kind(by_name, 'batch_normalization')]
-  if len(convs) != len(bns):
-    raise ValueError(f'{len(convs)} conv2d vs {len(bns)} batch_normalization layers')
-  for conv, bn in zip(convs, bns):
-    if bn.input._keras_history.operation is not conv:  # pylint: disable=protected-access
-      raise ValueError(f'{conv.name} does not feed {bn.name}: not the creation-order pairing')
-  return list(zip(convs, bns))
-
-
-def load_into_keras3(model, variables) -> int:
-  """Copies our variables (up to the blocks they hold) into a Keras 3 InceptionV3; returns units.
-
-  Keras 3's BatchNormalization(scale=False) holds [beta, moving_mean, moving_variance], as
-  tf_keras'; epsilon 1e-3 on both sides.
-  """
-  from inception.models.inception_v3 import UNIT_PATHS
-  params, stats = variables['params'], variables['batch_stats']
-  loaded = 0
-  for (block, unit), (conv, bn) in zip(UNIT_PATHS, keras3_units(model)):
-    if block not in params:
-      continue
-    conv.set_weights([np.asarray(params[block][unit]['conv']['kernel'], np.float32)])
-    bn.set_weights([np.asarray(a, np.float32) for a in (
-        params[block][unit]['bn']['bias'], stats[block][unit]['bn']['mean'],
-        stats[block][unit]['bn']['var'])])
-    loaded += 1
-  return loaded
-
 
 class _Keras3:
   """The seed's Keras 3 model and its timed operations (inside the worker process)."""
@@ -119,30 +65,19 @@ class _Keras3:
   def __init__(self, weights: str, steps: int, seed: int = 0):
     import keras
     from inception import weights as weights_lib
-    self.keras = keras
-    keras.utils.set_random_seed(seed)
-    base = keras.applications.InceptionV3(weights=None, include_top=False,
-                                          input_shape=(SIZE, SIZE, 3))
     pretrained = weights_lib.load(weights)
-    self.loaded = load_into_keras3(base, weights_lib.select_blocks(pretrained.variables,
-                                                                   common.CUT))
-    base.trainable = False
-    features = base.get_layer(common.CUT).output
-    x = keras.layers.Flatten()(features)
-    x = keras.layers.Dense(1024, activation='relu')(x)
-    x = keras.layers.Dropout(0.2)(x)
-    x = keras.layers.Dense(1, activation='sigmoid')(x)
-    self.model = keras.Model(base.input, x)
-    self.model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
-                       loss='binary_crossentropy', metrics=['accuracy'])
-    self.backbone = keras.Model(base.input, features)
+    self.model = keras3_models.build_model(
+        SIZE, weights_lib.select_blocks(pretrained.variables, common.CUT), common.CUT,
+        seed=seed)
+    self.backbone = keras3_models.backbone_of(self.model, common.CUT)
     rng = np.random.default_rng(0)
     self.x_train = rng.uniform(0, 1, (BATCH * steps, SIZE, SIZE, 3)).astype(np.float32)
     self.y_train = (np.arange(BATCH * steps) % 2).astype(np.float32)[:, None]
     self.batches = {}
     self.info = {
         'keras': keras.__version__, 'backend': keras.backend.backend(),
-        'xla_flags': os.environ.get('XLA_FLAGS', ''), 'units_loaded': self.loaded,
+        'xla_flags': os.environ.get('XLA_FLAGS', ''),
+        'units_loaded': len(keras_models.keras_units(self.backbone)),
         'weights': f'{pretrained.source} sha256 {pretrained.sha256[:12]}',
         'trainable_weights': len(self.model.trainable_weights),
         'trainable_params': int(sum(np.prod(w.shape) for w in self.model.trainable_weights)),
@@ -296,6 +231,10 @@ class Worker:
       raise RuntimeError(f'Keras 3 worker {self.name!r}: {cmd}: {reply["error"]}')
     return reply
 
+  def timer(self, cmd: str, **kwargs):
+    """A contender for `common.rounds`: runs `cmd`, returns the seconds the worker measured."""
+    return lambda: self.call(cmd, **kwargs)['seconds']
+
   def close(self) -> None:
     if self.proc.poll() is None:
       self.proc.stdin.close()
@@ -303,40 +242,6 @@ class Worker:
 
 
 # --------------------------------------------------------------------------- ours and the runs
-
-def self_timed_rounds(contenders: dict, repeats: int) -> dict[str, list[float]]:
-  """`repeats` rounds, each contender once per round in order (A B A B ...); every contender
-  returns its own seconds per call (the workers time inside their process, so the pipe's
-  round trip is not counted)."""
-  times = {name: [] for name in contenders}
-  for _ in range(repeats):
-    for name, fn in contenders.items():
-      times[name].append(fn())
-  return times
-
-
-def timed(fn, calls: int):
-  def run() -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-      fn()
-    return (time.perf_counter() - start) / calls
-  return run
-
-
-def report(times: dict[str, list[float]], items: int, baseline: str,
-           pairs: list[tuple[str, str]]) -> dict:
-  """Median rates (via `common.report_rates`) and, for each (ours, keras) pair, the per-round
-  speed ratio keras_seconds / ours_seconds as min..median..max."""
-  rates = common.report_rates(times, items, baseline=baseline)
-  ratios = {}
-  for a, b in pairs:
-    r = [tb / ta for ta, tb in zip(times[a], times[b])]
-    ratios[f'{a} / {b}'] = r
-    print(f'  per-round speed ratio {a} / {b}: {min(r):.2f}..{statistics.median(r):.2f}..'
-          f'{max(r):.2f} (n={len(r)})', flush=True)
-  return {'rates': rates, 'ratios': ratios}
-
 
 def check_features(workers: dict, variables, options) -> dict:
   """Keras 3's mixed7 features vs ours (ImageNet weights) on a fixed batch of 4 images."""
@@ -391,9 +296,14 @@ def main(argv=None) -> None:
   if args.worker:
     return worker_main(args.weights, args.steps)
 
+  def measure(contenders, items: int, baseline: str, pairs: list[tuple[str, str]]) -> None:
+    """Alternating rounds; median rates and, per (ours, keras) pair, the per-round ratios."""
+    times = common.rounds(contenders, args.repeats)
+    common.report_rates(times, items, baseline=baseline)
+    common.report_ratios(times, pairs)
+
   t0 = time.perf_counter()
-  print(common.environment())
-  print(f'# CPU: {cpu_name()}', flush=True)
+  print(common.environment(), flush=True)
   base_flags = os.environ.get('XLA_FLAGS', '')
   if 'ynn_fusion_type' in base_flags:
     raise SystemExit('XLA_FLAGS already sets the YNNPACK option: the defaults would not be '
@@ -418,7 +328,7 @@ def main(argv=None) -> None:
     for name, w in workers.items():
       print(f'# {name} warm-up (compilation): {w.call("warmup", batches=batches)["seconds"]:.1f} s',
             flush=True)
-    ping = min(timed(lambda: workers['keras3'].call('ping'), 1)() for _ in range(20))
+    ping = min(common.timed(lambda: workers['keras3'].call('ping'))() for _ in range(20))
     print(f'# pipe round trip to a worker: {ping * 1e3:.2f} ms (not in the timings)')
     check_features(workers, variables, options)
 
@@ -442,30 +352,24 @@ def main(argv=None) -> None:
              'ours, project options': fused.compile(compiler_options=options),
              'ours, project options, 1x1 unfused': unfused.compile(compiler_options=options)}
       contenders = {
-          'keras3 predict_on_batch': lambda b=batch: workers['keras3'].call(
-              'forward', batch=b, calls=args.calls)['seconds'],
-          'keras3 +flag predict_on_batch': lambda b=batch: workers['keras3 +flag'].call(
-              'forward', batch=b, calls=args.calls)['seconds'],
-          'keras3 stateless jit': lambda b=batch: workers['keras3'].call(
-              'forward_jit', batch=b, calls=args.calls)['seconds'],
-          'keras3 +flag stateless jit': lambda b=batch: workers['keras3 +flag'].call(
-              'forward_jit', batch=b, calls=args.calls)['seconds'],
-      }
+          f'{name} {what}': w.timer(cmd, batch=batch, calls=args.calls)
+          for what, cmd in (('predict_on_batch', 'forward'), ('stateless jit', 'forward_jit'))
+          for name, w in workers.items()}
       for name, f in fns.items():
         f(variables, x).block_until_ready()  # Warm-up.
-        contenders[name] = timed(lambda f=f: f(variables, x).block_until_ready(), args.calls)
+        contenders[name] = common.timed(lambda f=f: f(variables, x).block_until_ready(),
+                                        args.calls)
       print(f'\nforward, backbone to {common.CUT}, batch {batch}, {SIZE} px, images/s '
             f'({args.calls} calls per timing)', flush=True)
-      times = self_timed_rounds(contenders, args.repeats)
-      report(times, batch, 'keras3 predict_on_batch',
-             [('ours, project options', 'keras3 predict_on_batch'),
-              ('ours, XLA defaults', 'keras3 predict_on_batch'),
-              ('ours, project options', 'keras3 +flag predict_on_batch'),
-              ('ours, XLA defaults', 'keras3 stateless jit'),
-              ('ours, project options, 1x1 unfused', 'keras3 +flag stateless jit'),
-              ('ours, project options', 'keras3 +flag stateless jit'),
-              ('keras3 +flag predict_on_batch', 'keras3 predict_on_batch'),
-              ('keras3 stateless jit', 'keras3 predict_on_batch')])
+      measure(contenders, batch, 'keras3 predict_on_batch',
+              [('ours, project options', 'keras3 predict_on_batch'),
+               ('ours, XLA defaults', 'keras3 predict_on_batch'),
+               ('ours, project options', 'keras3 +flag predict_on_batch'),
+               ('ours, XLA defaults', 'keras3 stateless jit'),
+               ('ours, project options, 1x1 unfused', 'keras3 +flag stateless jit'),
+               ('ours, project options', 'keras3 +flag stateless jit'),
+               ('keras3 +flag predict_on_batch', 'keras3 predict_on_batch'),
+               ('keras3 stateless jit', 'keras3 predict_on_batch')])
 
     if train is not None:
       holder = {'state': train['state']}
@@ -475,29 +379,27 @@ def main(argv=None) -> None:
           holder['state'], metrics = compiled(holder['state'], train['batch'], train['key'])
           jax.block_until_ready(metrics)
         run()  # Warm-up.
-        return timed(run, args.calls)
+        return common.timed(run, args.calls)
 
       contenders = {
-          'keras3 train_on_batch': lambda: workers['keras3'].call(
-              'train_on_batch', calls=args.calls)['seconds'],
-          'keras3 +flag train_on_batch': lambda: workers['keras3 +flag'].call(
-              'train_on_batch', calls=args.calls)['seconds'],
-          f'keras3 fit ({args.steps} batches)': lambda: workers['keras3'].call('fit')['seconds'],
-          'keras3 +flag train_step jit': lambda: workers['keras3 +flag'].call(
-              'train_jit', calls=args.calls)['seconds'],
+          'keras3 train_on_batch': workers['keras3'].timer('train_on_batch', calls=args.calls),
+          'keras3 +flag train_on_batch': workers['keras3 +flag'].timer('train_on_batch',
+                                                                       calls=args.calls),
+          f'keras3 fit ({args.steps} batches)': workers['keras3'].timer('fit'),
+          'keras3 +flag train_step jit': workers['keras3 +flag'].timer('train_jit',
+                                                                       calls=args.calls),
           'ours step, XLA defaults': ours_step(train['defaults']),
           'ours step, project options': ours_step(train['project']),
       }
       print(f'\ntrain step, one in-memory batch of {BATCH}, {SIZE} px, images/s '
             f'({args.calls} steps per timing; fit: seconds per batch)', flush=True)
-      times = self_timed_rounds(contenders, args.repeats)
-      report(times, BATCH, 'keras3 train_on_batch',
-             [('ours step, project options', 'keras3 train_on_batch'),
-              ('ours step, XLA defaults', 'keras3 train_on_batch'),
-              ('ours step, project options', 'keras3 +flag train_on_batch'),
-              ('ours step, project options', f'keras3 fit ({args.steps} batches)'),
-              ('ours step, project options', 'keras3 +flag train_step jit'),
-              ('keras3 +flag train_on_batch', 'keras3 train_on_batch')])
+      measure(contenders, BATCH, 'keras3 train_on_batch',
+              [('ours step, project options', 'keras3 train_on_batch'),
+               ('ours step, XLA defaults', 'keras3 train_on_batch'),
+               ('ours step, project options', 'keras3 +flag train_on_batch'),
+               ('ours step, project options', f'keras3 fit ({args.steps} batches)'),
+               ('ours step, project options', 'keras3 +flag train_step jit'),
+               ('keras3 +flag train_on_batch', 'keras3 train_on_batch')])
   finally:
     for w in workers.values():
       w.close()

@@ -34,7 +34,7 @@ import os
 import sys
 
 import common  # bench/common.py; also puts the repo root on sys.path.
-import keras_models  # bench/keras_models.py
+from tests.reference import keras_models  # pylint: disable=g-bad-import-order
 
 common.quiet_tensorflow()
 

@@ -13,10 +13,11 @@ medians over `--repeats` rounds:
 
   keras             tf_keras `image_dataset_from_directory(labels=None, interpolation=<the run's
                     resize method>, batch_size=B, shuffle=False)` + `model.predict`; the model
-                    is the run's classifier rebuilt in Keras 2 (`keras_classifier`: the run's
-                    preprocessing as a Rescaling layer, `applications.InceptionV3` cut at the
-                    run's layer, the run's head) with the run's TRAINED weights copied in
-                    (`keras_models.load_flax_variables` for the backbone; Dense kernels as is).
+                    is the run's classifier rebuilt in Keras 2 (`classifier` of
+                    tests/reference/keras_models.py: the run's preprocessing as a Rescaling
+                    layer, `applications.InceptionV3` cut at the run's layer, the run's head)
+                    with the run's TRAINED weights copied in (`load_flax_variables` for the
+                    backbone; Dense kernels as is).
   savedmodel_bytes  our SavedModel in TF: `tf.saved_model.load(...)`, signature
                     `predict_image_bytes` (encoded files -> probabilities) fed by tf.data
                     (read_file, batch, prefetch).
@@ -70,6 +71,8 @@ common.quiet_tensorflow()
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tests.reference import keras_models  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
 CONTENDERS = ('keras', 'savedmodel_bytes', 'savedmodel_uint8', 'onnx', 'api', 'forward')
 PROFILE = ('pipeline', 'keras_forward')  # --profile: where the time goes.
 TARGET_OVERLAP = 0.90  # api rate / forward-only rate.
@@ -77,36 +80,6 @@ TARGET_VS_KERAS = 1.0  # api rate / keras rate.
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def cpu_facts() -> dict[str, Any]:
-  """CPU model, count and AVX-512 flags (lscpu; /proc/cpuinfo when lscpu is missing)."""
-  text = ''
-  try:
-    text = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
-  except OSError:
-    pass
-  model, flags = '', ''
-  for line in text.splitlines():
-    key, _, value = line.partition(':')
-    if key.strip() == 'Model name':
-      model = value.strip()
-    elif key.strip() == 'Flags':
-      flags = value.strip()
-  if not model or not flags:
-    try:
-      info = pathlib.Path('/proc/cpuinfo').read_text()
-    except OSError:
-      info = ''
-    for line in info.splitlines():
-      key, _, value = line.partition(':')
-      if key.strip() == 'model name' and not model:
-        model = value.strip()
-      elif key.strip() == 'flags' and not flags:
-        flags = value.strip()
-  avx512 = sorted(f for f in flags.split() if f.startswith('avx512'))
-  return {'cpu_model': model or 'unknown', 'cpu_count': os.cpu_count(), 'avx512': avx512,
-          'avx2': 'avx2' in flags.split()}
 
 
 def uptime() -> str:
@@ -171,50 +144,6 @@ def read_csv(path: str) -> tuple[list[str], np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- the Keras side
-
-
-def keras_classifier(config, variables: dict, num_classes: int,
-                     temperature: float | None = None):
-  """The run's classifier in Keras 2 (tf_keras), with the run's weights.
-
-  [N, S, S, 3] images on the 0..255 scale -> [N, 1] sigmoid (2 classes) or [N, K] softmax:
-  Rescaling (the run's `data.preprocess`), `applications.InceptionV3(include_top=False,
-  weights=None)` up to layer `model.cut` (the backbone units copied by
-  `keras_models.load_flax_variables`), the run's head (flatten | gap -> Dense(units, relu) ->
-  Dropout -> Dense(outputs)), logits divided by `temperature` when the run applies one.
-  """
-  import tf_keras  # pylint: disable=g-import-not-at-top
-  import keras_models  # pylint: disable=g-import-not-at-top  # bench/keras_models.py
-  m, d = config.model, config.data
-  if m.backbone != 'inception_v3':
-    raise ValueError(f'model.backbone={m.backbone!r}: the Keras side is InceptionV3 only')
-  size = int(d.image_size)
-  params, stats = variables['params'], variables['batch_stats']
-  base = tf_keras.applications.InceptionV3(include_top=False, weights=None,
-                                           input_shape=(size, size, 3))
-  keras_models.load_flax_variables(base, {'params': params['backbone'],
-                                          'batch_stats': stats['backbone']})
-  cut = tf_keras.Model(base.input, base.get_layer(m.cut).output, name='backbone')
-  scale, offset = {'inception': (1 / 127.5, -1.0), 'rescale': (1 / 255, 0.0)}[d.preprocess]
-  inputs = tf_keras.Input((size, size, 3))
-  x = tf_keras.layers.Rescaling(scale, offset)(inputs)
-  x = cut(x, training=False)
-  x = (tf_keras.layers.Flatten() if m.head == 'flatten'
-       else tf_keras.layers.GlobalAveragePooling2D())(x)
-  head = params['head']
-  if m.dense_units:
-    dense = tf_keras.layers.Dense(m.dense_units, activation='relu')
-    x = dense(x)
-    dense.set_weights([np.asarray(head['dense']['kernel']), np.asarray(head['dense']['bias'])])
-  x = tf_keras.layers.Dropout(m.dropout)(x)
-  logits_layer = tf_keras.layers.Dense(np.asarray(head['logits']['bias']).shape[0])
-  x = logits_layer(x)
-  logits_layer.set_weights([np.asarray(head['logits']['kernel']),
-                            np.asarray(head['logits']['bias'])])
-  if temperature:
-    x = tf_keras.layers.Rescaling(1.0 / temperature)(x)
-  x = tf_keras.layers.Activation('sigmoid' if num_classes == 2 else 'softmax')(x)
-  return tf_keras.Model(inputs, x)
 
 
 def keras_contender(model, folder: str, size: int, resize_method: str, batch_size: int,
@@ -426,10 +355,6 @@ def keras_forward_contender(model, files: Sequence[str], size: int, resize_metho
 # ----------------------------------------------------------------------------- report
 
 
-def spread(xs: Sequence[float]) -> str:
-  return f'{min(xs):.3f}..{statistics.median(xs):.3f}..{max(xs):.3f}'
-
-
 def agreement(csv_dir: str, names: Sequence[str], reference: str, originals: Sequence[str]
               ) -> dict[str, dict]:
   """Per contender vs `reference`: files compared, same predicted class, largest |dp|."""
@@ -479,11 +404,10 @@ def main(argv=None) -> int:
   if args.repeats < 1 or args.batch_size < 1:
     p.error('--repeats and --batch_size must be >= 1')
 
-  cpu = cpu_facts()
+  cpu = common.cpu_facts()
   up_start = uptime()
   print(common.environment())
-  print(f'# CPU: {cpu["cpu_model"]}, {cpu["cpu_count"]} CPUs; AVX2 {cpu["avx2"]}; AVX-512: '
-        f'{" ".join(cpu["avx512"]) or "none"}')
+  print(f'# AVX2 {cpu["avx2"]}; AVX-512: {" ".join(cpu["avx512"]) or "none"}')
   print(f'# uptime at start: {up_start}', flush=True)
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -524,8 +448,8 @@ def main(argv=None) -> int:
     if 'keras' not in skip:
       if clf.tta != 'none':
         notes.append(f'keras has no test-time augmentation (the run uses tta={clf.tta})')
-      kmodel = keras_classifier(cfg, jax.device_get(clf.restored.variables), len(names),
-                                clf.temperature)
+      kmodel = keras_models.classifier(cfg, jax.device_get(clf.restored.variables), len(names),
+                                       clf.temperature)
       contenders['keras'] = keras_contender(kmodel, folder, size, method, args.batch_size, names,
                                             os.path.join(csv_dir, 'keras.csv'))
       notes.append('keras: the run\'s trained weights copied in (backbone and head)')
@@ -590,7 +514,8 @@ def main(argv=None) -> int:
         best[name] = min(times[b]) / min(times[a])
       elif name == 'pipeline time / forward time':
         best[name] = min(times['pipeline']) / min(times['forward'])
-      print(f'  {name:<44s} {spread(rs)}' + (f'; best {best[name]:.3f}' if name in best else ''))
+      print(f'  {name:<44s} {common.spread(rs, 3)}'
+            + (f'; best {best[name]:.3f}' if name in best else ''))
     verdicts = []
     if 'api / forward (end-to-end / forward-only)' in ratios:
       r = statistics.median(ratios['api / forward (end-to-end / forward-only)'])

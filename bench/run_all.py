@@ -1,6 +1,6 @@
 """Runs the quick benchmarks in turn with their defaults (`make bench`); ~15-20 minutes on 2 cores.
 
-    .venv/bin/python bench/run_all.py [--only keras_vs_ours,xla_options,...]
+    .venv/bin/python bench/run_all.py [--only keras_vs_ours,xla_flags_sweep,...]
 
 Each script prints its environment (CPUs, load average, versions) and its own figures; see
 bench/README.md for what each one measures.
@@ -16,7 +16,7 @@ import sys
 BENCH = pathlib.Path(__file__).resolve().parent
 SCRIPTS = {
     'keras_vs_ours': [],
-    'xla_options': [],
+    'xla_flags_sweep': [],
     'input_pipeline': [],
     'scaling': [],
     'head_step': [],

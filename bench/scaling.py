@@ -35,7 +35,7 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool,
   from inception.train import optim
   from inception.train import param_rules
   from inception.train import steps
-  from inception.models import transfer
+  from inception import transfer
 
   # None: the project's options (inception/train/xla_options.py, as training uses); {}: XLA's own.
   options = {} if xla_defaults else None
@@ -88,7 +88,7 @@ def run_one(mode: str, batch: int, size: int, calls: int, folded: bool,
 
 def _folded_transfer(model):
   """The transfer model with its backbone built folded (until transfer.py has the option)."""
-  from inception.models import transfer
+  from inception import transfer
   if 'fold_batchnorm' in transfer.TransferModel.__dataclass_fields__:
     return model.clone(fold_batchnorm=True)
   raise SystemExit('--folded needs transfer.TransferModel(fold_batchnorm=...), not there yet')

@@ -1,4 +1,4 @@
-"""Our seed-recipe runs next to Keras' (bench/keras_recipe.py) and the notebook: table and curves.
+"""Our seed-recipe runs next to Keras' (bench/keras_seed_recipe.py) and the notebook: table, curves.
 
     python bench/seed_recipe_report.py --ours runs/dog_horse_seed0 runs/dog_horse_seed1 ... \\
         [--keras runs/keras_seed_recipe.json] [--plot docs/seed_recipe_curves.png] \\
@@ -17,15 +17,11 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))
-
-import keras_recipe  # bench/keras_recipe.py  # pylint: disable=g-import-not-at-top
-from inception.train import reporting  # pylint: disable=g-import-not-at-top
+import common  # pylint: disable=unused-import  # Puts the repo root on sys.path.
+from inception.train import reporting  # pylint: disable=g-bad-import-order
+from tests.reference import keras_recipe  # pylint: disable=g-bad-import-order
 
 # The notebook's reported last-epoch numbers, under this table's column names.
 NOTEBOOK = {'train_accuracy': keras_recipe.SEED_REPORTED['accuracy'],
@@ -54,7 +50,7 @@ def ours_run(workdir: Path) -> dict:
 
 
 def keras_runs(path: Path) -> list[dict]:
-  """The same fields from bench/keras_recipe.py's JSON."""
+  """The same fields from bench/keras_seed_recipe.py's JSON."""
   out = []
   for r in json.loads(path.read_text())['runs']:
     h, test = r['history'], r.get('test') or {}
@@ -136,7 +132,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   p.add_argument('--ours', nargs='+', required=True, type=Path, help='our run workdirs')
   p.add_argument('--label', default='ours')
-  p.add_argument('--keras', type=Path, help="bench/keras_recipe.py's JSON")
+  p.add_argument('--keras', type=Path, help="bench/keras_seed_recipe.py's JSON")
   p.add_argument('--plot', type=Path)
   p.add_argument('--title', default='seed recipe, dog vs horse (real photos)')
   args = p.parse_args(argv)

@@ -1,5 +1,6 @@
-"""Keras 3 on its JAX backend (the peer bench/keras3_vs_ours.py times) computes our mixed7
-features from the same weights: the weight copy and the architecture agree."""
+"""Keras 3 on its JAX backend (tests/reference/keras3_models.py, the peer
+bench/keras3_vs_ours.py times) computes our mixed7 features from the same weights: the weight
+copy and the architecture agree."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ CHILD = textwrap.dedent('''
   if keras.backend.backend() != 'jax':
     sys.exit(77)
   import jax
-  from bench import keras3_vs_ours
+  from tests.reference import keras3_models, keras_models
   from inception.models import inception_v3 as model_lib
   size = 75  # The smallest InceptionV3 input: a cheap build and forward.
   x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
@@ -32,10 +33,9 @@ CHILD = textwrap.dedent('''
       lambda path, a: (rng.uniform(0.3, 3.0, a.shape) if path[-1].key == 'var'
                        else rng.normal(0, 0.5, a.shape)).astype(np.float32),
       variables['batch_stats'])
-  base = keras.applications.InceptionV3(weights=None, include_top=False,
-                                        input_shape=(size, size, 3))
-  assert keras3_vs_ours.load_into_keras3(base, variables) == 70
-  want = keras.Model(base.input, base.get_layer('mixed7').output).predict_on_batch(x)
+  backbone = keras3_models.backbone_of(keras3_models.build_model(size, variables, seed=0))
+  assert len(keras_models.keras_units(backbone)) == 70
+  want = backbone.predict_on_batch(x)
   got = np.asarray(jax.jit(model.apply)(variables, x))
   err = np.abs(got - want).max() / np.abs(want).max()
   print(f'max relative difference {err:.1e}')

@@ -1,9 +1,9 @@
 """The Flax InceptionV3 with weights read from Keras h5 files equals tf_keras' InceptionV3.
 
-One Keras InceptionV3 (with and without top, any input size) is built once per module, with
-random kernels and random, non-trivial BatchNorm statistics, saved as legacy h5 files (the
-layout of the published keras-applications files), loaded through `inception.weights`, and the
-endpoints compared at 75, 150 and 299 px.
+One Keras InceptionV3 (with and without top, any input size; tests/reference/keras_models.py's
+`with_top`) is built once per module, with random kernels and random, non-trivial BatchNorm
+statistics, saved as legacy h5 files (the layout of the published keras-applications files),
+loaded through `inception.weights`, and the endpoints compared at 75, 150 and 299 px.
 """
 
 from __future__ import annotations
@@ -15,64 +15,27 @@ import pytest
 tf_keras = pytest.importorskip('tf_keras')
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import flax.linen as nn  # noqa: E402
 
 from inception.models import inception_v3 as model_lib  # noqa: E402
 from inception import weights  # noqa: E402
+from tests.reference import keras_models as reference  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BATCH = 3
 
 
-def _randomise_batchnorm(model, rng: np.random.Generator, images: np.ndarray):
-  """Gives every BN layer random statistics around the activations' real ones.
-
-  A training-mode call from zero moving averages leaves 0.01 x the batch statistics (momentum
-  0.99), so each layer's batch mean/variance are recovered exactly; then mean = batch mean +
-  N(0, 0.5) batch std and var = batch var x U(0.5, 2): non-trivial, yet activations stay O(1).
-  """
-  bns = [l for l in model.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
-  for layer in bns:
-    beta, mean, var = layer.get_weights()
-    layer.set_weights([beta, np.zeros_like(mean), np.zeros_like(var)])
-  model(images, training=True)
-  for layer in bns:
-    beta, mean, var = layer.get_weights()
-    batch_mean, batch_var = mean / 0.01, var / 0.01
-    std = np.sqrt(batch_var)
-    layer.set_weights([
-        rng.normal(0, 0.2, beta.shape).astype(np.float32),
-        (batch_mean + rng.normal(0, 0.5, mean.shape) * std).astype(np.float32),
-        (batch_var * rng.uniform(0.5, 2, var.shape)).astype(np.float32)])
-
-
 @pytest.fixture(scope='module')
-def keras_models(tmp_path_factory):
+def keras_nets(tmp_path_factory):
   """(model with top, backbone without), sharing weights, and their h5 files; any input size.
 
-  One InceptionV3 is built (the slow part), without top and with free input size; the top of
-  `applications.InceptionV3` (global average pool, Dense 'predictions') is added on it without
-  the softmax, so it outputs logits. Its h5 has the layout of the published with-top file.
+  `tests.reference.keras_models.with_top`: one InceptionV3 (the slow part), numbered from
+  conv2d_3 (the reader must order by suffix), random BatchNorm statistics around the
+  activations' own, and the top as logits. Its h5 has the layout of the published with-top file.
   """
   tmp = tmp_path_factory.mktemp('keras')
-  rng = np.random.default_rng(0)
-  tf_keras.utils.set_random_seed(0)
-  # Layers built first take the unsuffixed names, so the InceptionV3 layers are numbered from
-  # conv2d_3 / batch_normalization_3, like the published files' conv2d_1..: the reader must
-  # order by suffix (conv2d_10 after conv2d_9), not by name or file position.
-  for _ in range(3):
-    tf_keras.layers.Conv2D(1, 1), tf_keras.layers.BatchNormalization()
-  notop = tf_keras.applications.InceptionV3(weights=None, include_top=False,
-                                            input_shape=(None, None, 3))
+  top, notop = reference.with_top(seed=0)
   assert notop.layers[1].name == 'conv2d_3'
-  _randomise_batchnorm(notop, rng, rng.uniform(-1, 1, (4, 150, 150, 3)).astype(np.float32))
-  pooled = tf_keras.layers.GlobalAveragePooling2D(name='avg_pool')(notop.output)
-  logits = tf_keras.layers.Dense(1000, name='predictions')(pooled)
-  top = tf_keras.Model(notop.input, logits)
-  top.get_layer('predictions').set_weights([
-      rng.normal(0, 0.05, (2048, 1000)).astype(np.float32),
-      rng.normal(0, 0.1, (1000,)).astype(np.float32)])
   top_h5, notop_h5 = tmp / 'top.h5', tmp / 'notop.h5'
   top.save_weights(top_h5)
   notop.save_weights(notop_h5)
@@ -80,8 +43,8 @@ def keras_models(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def loaded(keras_models, tmp_path_factory):
-  _, _, top_h5, notop_h5 = keras_models
+def loaded(keras_nets, tmp_path_factory):
+  _, _, top_h5, notop_h5 = keras_nets
   cache = tmp_path_factory.mktemp('cache')
   return (weights.load(str(top_h5), cache_dir=cache),
           weights.load(str(notop_h5), cache_dir=cache))
@@ -142,8 +105,8 @@ def test_loaded_h5_files_have_the_right_layout(loaded):
 
 
 @pytest.mark.parametrize('size', [75, 150])
-def test_endpoints_match_keras(keras_models, loaded, size):
-  _, notop, _, _ = keras_models
+def test_endpoints_match_keras(keras_nets, loaded, size):
+  _, notop, _, _ = keras_nets
   x = _images(size, seed=size)
   ref7, ref10 = _keras_endpoints(notop, x, ['mixed7', 'mixed10'])
   ours, out = _flax_endpoints(loaded[1].variables, x, 'mixed10')
@@ -151,8 +114,8 @@ def test_endpoints_match_keras(keras_models, loaded, size):
   _assert_close(out, ref10, f'mixed10 at {size} px')
 
 
-def test_endpoints_and_logits_match_keras_at_299(keras_models, loaded):
-  top, _, _, _ = keras_models
+def test_endpoints_and_logits_match_keras_at_299(keras_nets, loaded):
+  top, _, _, _ = keras_nets
   x = _images(299, seed=299)
   ref7, ref10, logits = _keras_endpoints(top, x, ['mixed7', 'mixed10', 'predictions'])
   ours, out = _flax_endpoints(loaded[0].variables, x, 'predictions', include_top=True)
@@ -162,8 +125,8 @@ def test_endpoints_and_logits_match_keras_at_299(keras_models, loaded):
   assert np.std(logits) > 0.1  # The top is not trivially constant.
 
 
-def test_average_pool_counting_its_padding_would_be_caught(keras_models, loaded, monkeypatch):
-  _, notop, _, _ = keras_models
+def test_average_pool_counting_its_padding_would_be_caught(keras_nets, loaded, monkeypatch):
+  _, notop, _, _ = keras_nets
   x = _images(75, seed=1)
   (ref7,) = _keras_endpoints(notop, x, ['mixed7'])
 

@@ -1,5 +1,6 @@
-"""Tests of bench/keras_models.py (the weight copy both ways, the seed's model) and
-bench/keras_recipe.py (a tiny end-to-end run, summary and table)."""
+"""Tests of the Keras 2 references: tests/reference/keras_models.py (the weight copy both ways,
+the seed's model) and tests/reference/keras_recipe.py (a tiny end-to-end run, summary and
+table)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import pytest
 
 tf_keras = pytest.importorskip('tf_keras')
 
-from bench import keras_recipe as recipe  # pylint: disable=g-import-not-at-top
-
-keras_models = recipe.keras_models  # bench/keras_models.py, the module the recipe runs on.
+from tests.reference import keras_models  # pylint: disable=g-import-not-at-top
+from tests.reference import keras_recipe as recipe  # pylint: disable=g-import-not-at-top
 
 
 def _random_flax_variables(image_size: int, stop_at: str, seed: int = 0):

@@ -1,6 +1,6 @@
 """Which XLA:CPU options and model forms make the frozen backbone forward fast, vs Keras.
 
-    .venv/bin/python bench/xla_options.py [--batch 20] [--repeats 5] [--variants a,b,...]
+    .venv/bin/python bench/xla_flags_sweep.py [--batch 20] [--repeats 5] [--variants a,b,...]
 
 Every variant is the mixed7 backbone forward at 150 px, compiled in this one process with its
 own per-compilation XLA options (`jit(...).lower(...).compile(compiler_options=...)`, the same
@@ -23,7 +23,7 @@ import argparse
 import sys
 
 import common  # bench/common.py; also puts the repo root on sys.path.
-import keras_models  # bench/keras_models.py
+from tests.reference import keras_models  # pylint: disable=g-bad-import-order
 
 common.quiet_tensorflow()
 

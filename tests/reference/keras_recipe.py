@@ -11,48 +11,29 @@ Reproduces, as faithfully as tf_keras allows, the seed transfer-learning noteboo
     RMSprop(1e-3), binary_crossentropy, accuracy; fit(epochs=10, steps_per_epoch=45,
     validation_steps=5); then evaluate on the held-out test split.
 
-The ImageNet weights are the project's converted 2015 TensorFlow graph
-(`inception.weights.load('tf2015')`), loaded into Keras by conv/BN creation order (see
-`keras_models.load_flax_variables`), so Keras and Flax start from identical numbers. The 2015
-graph's mixed10 pool branch is a max pool where Keras' InceptionV3 has an average pool; that
-block is after the mixed7 cut, so it does not matter here.
+`run_recipe` trains and evaluates it once on class-folder trees; given our ImageNet variables
+(the project's converted 2015 TensorFlow graph, `inception.weights.load('tf2015')`), loaded into
+Keras by conv/BN creation order (`keras_models.load_flax_variables`), Keras and Flax start from
+identical numbers. The 2015 graph's mixed10 pool branch is a max pool where Keras' InceptionV3
+has an average pool; that block is after the mixed7 cut, so it does not matter here.
+`summarize` and `format_table` give the mean +- std over seeds next to the notebook's numbers.
 
-Per seed s: the data split uses `split_seed=s` (`data.prepare`, so Keras reads exactly the files
-our Flax runs use), `tf_keras.utils.set_random_seed(s)` seeds python/numpy/TF, and the training
-flow shuffles with seed s.
-
-Usage (from the repo root):
-
-    .venv/bin/python bench/keras_recipe.py --seeds 0,1,2 [--epochs 10] \
-        [--images-per-class 500] [--out results/keras_seed_recipe.json] [--threads 2]
-
-Writes a JSON (per-epoch history, final train/validation/test metrics, wall times,
-environment) and prints a per-seed table with mean +- std next to the seed notebook's numbers.
-
-This file is the recipe runner; the Keras model and the weight copy are in `keras_models.py`.
+The runs over seeds on the project's splits (`data.prepare` with `split_seed=s`, so Keras reads
+exactly the files our Flax runs use) are `bench/keras_seed_recipe.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import pathlib
 import statistics
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-BENCH_DIR = str(pathlib.Path(__file__).resolve().parent)
-if BENCH_DIR not in sys.path:  # Also when imported as bench.keras_recipe (tests): the siblings.
-  sys.path.insert(0, BENCH_DIR)
-# `common` also puts the repo root on sys.path (for `inception` and `data`).
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import keras_models  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-REPO_ROOT = common.REPO_ROOT
+from tests.reference import keras_models
 
 # The seed notebook's final-epoch numbers (train acc, val acc, train loss, val loss).
 SEED_REPORTED = {'accuracy': 0.9433, 'val_accuracy': 0.9200, 'loss': 0.2262,
@@ -60,7 +41,7 @@ SEED_REPORTED = {'accuracy': 0.9433, 'val_accuracy': 0.9200, 'loss': 0.2262,
 HISTORY_KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy')
 
 
-def _epoch_timer():
+def epoch_timer():
   """A Keras callback recording per epoch (training + validation) `.seconds` (wall) and
   `.cpu_seconds` (this process, all threads; on a shared machine the wall time varies with the
   load, the CPU time much less)."""
@@ -181,7 +162,7 @@ def run_recipe(train_dir: str | os.PathLike, validation_dir: str | os.PathLike,
   val_steps = validation_steps or math.ceil(val_flow.samples / batch_size)
 
   model = keras_models.build_model(image_size, variables, cut, learning_rate)
-  timer = _epoch_timer()
+  timer = epoch_timer()
   start = time.perf_counter()
   fit = model.fit(train_flow, validation_data=val_flow, steps_per_epoch=steps, epochs=epochs,
                   validation_steps=val_steps, callbacks=[timer], verbose=verbose)
@@ -216,12 +197,6 @@ def run_recipe(train_dir: str | os.PathLike, validation_dir: str | os.PathLike,
       'steps_per_epoch': steps,
       'validation_steps': val_steps,
   }
-
-
-def environment(threads: int) -> dict[str, Any]:
-  """Versions and machine facts recorded with the results (`common.environment_facts`)."""
-  return {**common.environment_facts(), **common.versions(('scipy', 'pillow')),
-          'tf_threads': threads}
 
 
 def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -261,94 +236,3 @@ def format_table(runs: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) 
   widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
   return '\n'.join('  '.join(cell.rjust(w) if i else cell.ljust(w)
                              for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
-
-
-def _default_data_path() -> str:
-  """$ANIMALS10_DIR, else ../shared/data/animals10-standin next to the repo, else '' (search)."""
-  if os.environ.get('ANIMALS10_DIR'):
-    return os.environ['ANIMALS10_DIR']
-  shared = REPO_ROOT.parent / 'shared' / 'data' / 'animals10-standin'
-  return str(shared) if shared.exists() else ''
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--seeds', default='0', help='comma-separated seeds, e.g. 0,1,2')
-  p.add_argument('--epochs', type=int, default=10)
-  p.add_argument('--images-per-class', type=int, default=500,
-                 help='train+validation images per class (split 90/10)')
-  p.add_argument('--image-size', type=int, default=150)
-  p.add_argument('--batch-size', type=int, default=20)
-  p.add_argument('--weights', default='tf2015',
-                 help="name or path for inception.weights.load ('tf2015', 'keras', a file)")
-  p.add_argument('--data-path', default=None,
-                 help='Animals-10 folder holding raw-img/ (default: $ANIMALS10_DIR or '
-                      '../shared/data/animals10-standin)')
-  p.add_argument('--out', default='results/keras_seed_recipe.json')
-  p.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1),
-                 help='TensorFlow intra- and inter-op threads')
-  p.add_argument('--verbose', type=int, default=2, help='Keras fit verbosity (0, 1, 2)')
-  args = p.parse_args(argv)
-  try:
-    args.seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-  except ValueError:
-    p.error(f'--seeds={args.seeds!r} must be comma-separated integers, e.g. 0,1,2')
-  if not args.seeds:
-    p.error('--seeds is empty')
-  return args
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  """Runs the recipe for every seed; returns (and writes to --out) the JSON record."""
-  args = _parse_args(argv)
-  common.quiet_tensorflow()
-  keras_models.configure_tensorflow(args.threads)
-  import data
-  import data.config
-  from inception import weights
-
-  pretrained = weights.load(args.weights)
-  print(f'weights: {pretrained.source} ({pretrained.path}, sha256 {pretrained.sha256[:12]})')
-  out = pathlib.Path(args.out)
-  record: dict[str, Any] = {
-      'recipe': 'seed notebook in tf_keras: frozen InceptionV3 cut at mixed7, Flatten, '
-                'Dense(1024, relu), Dropout(0.2), Dense(1, sigmoid), RMSprop',
-      'args': dict(vars(args)),
-      'weights': {'source': pretrained.source, 'sha256': pretrained.sha256,
-                  'path': str(pretrained.path)},
-      'augmentation': keras_models.TRAIN_AUGMENTATION, 'seed_reported': SEED_REPORTED,
-      'environment': environment(args.threads), 'runs': [],
-  }
-  for seed in args.seeds:
-    cfg = data.config.get_config()
-    cfg.path = args.data_path if args.data_path is not None else _default_data_path()
-    cfg.images_per_class = args.images_per_class
-    cfg.split_seed = seed
-    cfg.image_size = args.image_size
-    cfg.fallback_to_synthetic = False  # A reference number on synthetic data would mislead.
-    info = data.prepare(cfg)
-    splits = {s: info.root / s for s in ('train', 'validation', 'test')}
-    print(f'seed {seed}: {info.description}; {info.num_examples}')
-    run = run_recipe(splits['train'], splits['validation'],
-                     splits['test'] if info.num_examples.get('test') else None, seed=seed,
-                     variables=pretrained.variables, class_names=info.class_names,
-                     image_size=args.image_size, batch_size=args.batch_size,
-                     epochs=args.epochs, expected_files=manifest_files(info.root),
-                     verbose=args.verbose)
-    run['data'] = info.to_json()
-    record['runs'].append(run)
-    record['summary'] = summarize(record['runs'])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + '.tmp')
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out)  # Written after every seed, so a long run reports progress.
-    print(f'seed {seed}: final {run["final"]}, test {run["test"]}, '
-          f'{statistics.fmean(run["epoch_seconds"]):.1f} s/epoch wall, '
-          f'{statistics.fmean(run["epoch_cpu_seconds"]):.1f} s/epoch CPU')
-  print(format_table(record['runs'], record['summary']))
-  print(f'wrote {out}')
-  return record
-
-
-if __name__ == '__main__':
-  main()
