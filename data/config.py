@@ -19,6 +19,8 @@ SOURCES = ('animals10', 'folder', 'synthetic', 'tfds')
 PREPROCESSINGS = ('rescale', 'inception')  # Names in `data.preprocessing`.
 RESIZE_METHODS = ('nearest', 'bilinear', 'bicubic', 'area', 'lanczos3')
 LINK_MODES = ('symlink', 'copy')
+SPLIT_MODES = ('resplit', 'folders')
+SAMPLINGS = ('none', 'balanced')
 FILL_MODES = ('nearest', 'constant', 'reflect', 'wrap')
 
 
@@ -41,9 +43,18 @@ def get_config() -> ml_collections.ConfigDict:
   # names (output uses English). For 'folder', folder names (an Animals-10 name is translated
   # when only its translation exists); empty = every sub-folder, sorted. Ignored by 'synthetic'.
   c.classes = ('dog', 'horse')
-  # Images per class in the train+validation subset (classes are balanced).
+  # How the splits are made:
+  #   'resplit': each class's images are split by the keys below (the seed's recipe).
+  #   'folders': `path/<split>/<class>/*` used as given (source 'folder' only): train/ and
+  #              validation/ required, test/ optional; every usable image is used; classes are
+  #              the union of the split folders (each must be in train/); the four keys below
+  #              are ignored.
+  c.splits = 'resplit'
+  # Images per class in the train+validation subset (classes are balanced). 0 = every usable
+  # image of each class (classes may then differ in size; test_per_class N > 0 holds N of each
+  # class out for test first, -1 and 0 then mean no test split).
   c.images_per_class = 500
-  # Fraction of `images_per_class` held out for validation (0.1: 450/50).
+  # Fraction of `images_per_class` held out for validation (0.1: 450/50), rounded half up.
   c.validation_fraction = 0.1
   # Images per class of the held-out test split, taken from those not in the subset:
   # -1 = all the rest, 0 = no test split.
@@ -86,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.cval = 0.0                # Fill value for 'constant', on the 0..255 scale.
   # tf.data knobs.
   c.shuffle_buffer = 1000   # Kept for compatibility; epochs use a full permutation.
+  # Training order: 'none' = each epoch a permutation of the training examples; 'balanced' =
+  # each epoch num_train draws with replacement, every class equally likely (same seeding).
+  c.sampling = 'none'
   c.num_parallel_calls = -1  # -1 = AUTOTUNE.
   c.deterministic = True     # Element order independent of thread timing.
   c.prefetch = 2             # Batches prefetched (-1 = AUTOTUNE).
@@ -103,6 +117,12 @@ def validate(config_data: ml_collections.ConfigDict) -> None:
   checks.choice('data.preprocess', c.preprocess, PREPROCESSINGS)
   checks.choice('data.resize_method', c.resize_method, RESIZE_METHODS)
   checks.choice('data.link_mode', c.link_mode, LINK_MODES)
+  checks.choice('data.splits', c.splits, SPLIT_MODES)
+  checks.choice('data.sampling', c.sampling, SAMPLINGS)
+  if c.splits == 'folders' and c.source != 'folder':
+    raise ValueError(f"config.data.splits='folders' needs config.data.source='folder' (the "
+                     f"root holding train/, validation/ and test/), not {c.source!r}; a "
+                     f"{c.source} source has no split folders: use data.splits='resplit'")
   checks.choice('data.augment.fill_mode', c.augment.fill_mode, FILL_MODES)
   if c.path and not pathlib.Path(os.path.expanduser(c.path)).exists():
     raise ValueError(f'config.data.path={c.path!r} does not exist; point it at the data set '
@@ -118,9 +138,10 @@ def validate(config_data: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.data.classes={classes!r} has duplicates')
     if c.source in ('animals10', 'tfds') and len(classes) < 2:
       raise ValueError(f'config.data.classes={classes!r} needs at least two classes')
-  checks.number('data.images_per_class', c.images_per_class, lo=1, integer=True)
+  checks.number('data.images_per_class', c.images_per_class, lo=0, integer=True)
   checks.number('data.validation_fraction', c.validation_fraction, lo=0.0, hi=0.99)
-  if math.floor(c.images_per_class * c.validation_fraction + 0.5) >= c.images_per_class:
+  n = c.images_per_class
+  if n and math.floor(n * c.validation_fraction + 0.5) >= n:  # 0 (every image): per class, later.
     raise ValueError(f'config.data.validation_fraction={c.validation_fraction} leaves no '
                      f'training images of config.data.images_per_class={c.images_per_class}')
   checks.number('data.test_per_class', c.test_per_class, lo=-1, integer=True)

@@ -49,6 +49,8 @@ def resolve_source(config_data: ml_collections.ConfigDict, *,
                    log: Callable[[str], None] = print) -> sources.Source:
   """The `Source` that `config_data` asks for (generating synthetic data when needed)."""
   c = config_data
+  if c.source == 'folder' and c.splits == 'folders':
+    return folder.split_folder_source(c.path, tuple(c.classes))
   if c.source == 'folder':
     return folder.folder_source(c.path, tuple(c.classes))
   if c.source == 'synthetic':
@@ -75,7 +77,8 @@ def subset_args(config_data: ml_collections.ConfigDict, source: sources.Source) 
   else:
     n, test = c.images_per_class, c.test_per_class
   return {'images_per_class': int(n), 'validation_fraction': float(c.validation_fraction),
-          'test_per_class': int(test), 'seed': int(c.split_seed), 'link_mode': c.link_mode}
+          'test_per_class': int(test), 'seed': int(c.split_seed), 'link_mode': c.link_mode,
+          'splits': c.splits}
 
 
 def prepare(config_data: ml_collections.ConfigDict, *,
@@ -94,8 +97,8 @@ def prepare(config_data: ml_collections.ConfigDict, *,
     key = restructure.arguments(src, **args)
     out = cache.cache_dir() / 'datasets' / cache.args_hash(key)
   manifest = restructure.restructure(src, out, log=log, **args)
-  desc = (f'{src.description}; subset {manifest["num_examples"]} '
-          f'(seed {args["seed"]}) in {out}')
+  how = 'as given' if args['splits'] == 'folders' else f'seed {args["seed"]}'
+  desc = f'{src.description}; subset {manifest["num_examples"]} ({how}) in {out}'
   info = DatasetInfo(
       kind=src.kind, root=out, class_names=tuple(manifest['classes']),
       num_examples=dict(manifest['num_examples']), is_synthetic=src.is_synthetic,

@@ -7,7 +7,8 @@ were validated by the restructuring), resize to image_size x image_size with
 Keras-equivalent augmentation (`data.augment`) on the 0..255 image, then preprocessing.
 
 Determinism and resumption: the order of epoch e is numpy's PCG64 permutation seeded by
-(seed, e); global step s takes the s-th `batch_size` slice of it (drop remainder), and process p
+(seed, e) (`config.sampling='balanced'`: n draws with replacement from that generator, each
+class equally likely); global step s takes the s-th `batch_size` slice of it (drop remainder), and process p
 of P takes the p-th 1/P of that global batch. Augmentation randomness of an example is a
 stateless function of (seed, global step, position in the global batch). So the batches from
 `start_step=k` equal those of an uninterrupted run from step k on, for any process count.
@@ -82,15 +83,37 @@ def steps_per_epoch(info, batch_size: int) -> int:
   return n // batch_size
 
 
+def _balanced_weights(labels: np.ndarray) -> np.ndarray:
+  """Per example 1 / (classes * its class's count): every class drawn equally often."""
+  labels = np.asarray(labels)
+  _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  return 1.0 / (len(counts) * counts[inverse.ravel()])
+
+
 def epoch_indices(n: int, batch_size: int, local: int, process_index: int, seed: int,
-                  start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Per epoch from start_step's: (example index, global step, position in global batch)."""
+                  start_step: int, *, labels: np.ndarray | None = None, sampling: str = 'none'
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Per epoch from start_step's: (example index, global step, position in global batch).
+
+  sampling: 'none' (a permutation of the n examples per epoch) or 'balanced' (n draws with
+  replacement, example weight 1 / (classes * its class's size); needs `labels` [n]).
+  """
+  if sampling not in ('none', 'balanced'):
+    raise ValueError(f'sampling={sampling!r} is not valid; valid: none, balanced')
+  if sampling == 'balanced':
+    if labels is None or len(labels) != n:
+      raise ValueError(f"sampling='balanced' needs the {n} training labels")
+    weights = _balanced_weights(labels)
   spe = n // batch_size
   epoch = start_step // spe
   lo, hi = process_index * local, (process_index + 1) * local
   while True:
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
-    order = rng.permutation(n)[:spe * batch_size].reshape(spe, batch_size)
+    if sampling == 'balanced':
+      order = rng.choice(n, size=n, replace=True, p=weights)
+    else:
+      order = rng.permutation(n)
+    order = order[:spe * batch_size].reshape(spe, batch_size)
     steps = np.arange(epoch * spe, (epoch + 1) * spe)
     keep = steps >= start_step
     idx = order[keep, lo:hi]
@@ -150,7 +173,7 @@ def train_batches(info, config_data: ml_collections.ConfigDict, *, batch_size: i
     return {'image': preprocess(img), 'label': tf.gather(labels_t, i)}
 
   gen = functools.partial(epoch_indices, n, batch_size, local, process_index, int(seed),
-                          int(start_step))
+                          int(start_step), labels=labels, sampling=config_data.sampling)
   spec = tf.TensorSpec([None], tf.int64)
   ds = tf.data.Dataset.from_generator(gen, output_signature=(spec, spec, spec))
   ds = ds.unbatch()

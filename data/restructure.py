@@ -10,7 +10,13 @@ Choice: per class, the usable files' names are sorted, then permuted with numpy'
 seeded by (seed, crc32(class name)); the first images_per_class form the subset (the first
 images_per_class * validation_fraction (rounded half up) of them validation), the rest the test
 split.
-Same files and seed give the same split on any machine.
+Same files and seed give the same split on any machine. images_per_class=0: every usable
+image of the class, less test_per_class N > 0 held out for test (the last N of the order);
+-1 and 0 then mean no test split.
+
+splits='folders' (a source with `split_folders`, `data.sources.folder.split_folder_source`):
+`root/<split>/<class>/*` used as given, every usable image in its own split; a class without
+images in validation/ or test/ is reported, one without usable training images is an error.
 
 Every candidate is validated once (`data.imagecheck`): unusable files are skipped and
 reported; files TensorFlow would not decode as PIL does get a normalised RGB PNG copy.
@@ -83,13 +89,22 @@ def _list_class(folder: pathlib.Path) -> tuple[list[str], list[str]]:
 
 
 def arguments(source: sources.Source, images_per_class, validation_fraction, test_per_class,
-              seed, link_mode) -> dict:
-  """The restructuring's arguments as the manifest records them (they also key its folder)."""
-  return {'format': FORMAT, 'source_kind': source.kind, 'source_root': str(source.root),
-          'classes': [list(c) for c in source.classes],
-          'images_per_class': int(images_per_class),
-          'validation_fraction': float(validation_fraction),
-          'test_per_class': int(test_per_class), 'seed': int(seed), 'link_mode': link_mode}
+              seed, link_mode, splits: str = 'resplit') -> dict:
+  """The restructuring's arguments as the manifest records them (they also key its folder).
+
+  splits='resplit' (the default) adds no key, so earlier manifests and cache folders stay
+  valid; 'folders' records only what it uses (the split keys are ignored there).
+  """
+  args = {'format': FORMAT, 'source_kind': source.kind, 'source_root': str(source.root),
+          'classes': [list(c) for c in source.classes]}
+  if splits == 'resplit':
+    args.update(images_per_class=int(images_per_class),
+                validation_fraction=float(validation_fraction),
+                test_per_class=int(test_per_class), seed=int(seed))
+  else:
+    args['splits'] = splits
+  args['link_mode'] = link_mode
+  return args
 
 
 def split_sizes(images_per_class: int, validation_fraction: float) -> tuple[int, int]:
@@ -172,18 +187,45 @@ def _taking_turns(restructure_fn: Callable[..., dict]) -> Callable[..., dict]:
   return locked
 
 
+def _resplit(name: str, n: int, bad: int, folder: pathlib.Path, images_per_class: int,
+             validation_fraction: float, test_per_class: int, seed: int) -> dict:
+  """{split: indices into the class's `n` usable files (sorted by name)} (see module doc)."""
+  if not images_per_class:  # Every usable image; test_per_class > 0 held out (the last ones).
+    images_per_class = n - max(test_per_class, 0)
+    n_train = split_sizes(max(images_per_class, 0), validation_fraction)[0]
+    if n_train < 1:
+      raise ValueError(
+          f'class {name!r} ({folder}) has {n} usable images ({bad} skipped as invalid): '
+          f'test_per_class={test_per_class} held out and validation_fraction='
+          f'{validation_fraction} of the rest leave no training images; lower them or add '
+          'images')
+    test_per_class = n - images_per_class
+  if n < images_per_class:
+    raise ValueError(
+        f'class {name!r} ({folder}) has {n} usable images '
+        f'({bad} skipped as invalid) but images_per_class={images_per_class} was asked for; '
+        f'use at most {n}')
+  n_val = split_sizes(images_per_class, validation_fraction)[1]
+  order = _class_rng(seed, name).permutation(n)
+  test_end = n if test_per_class < 0 else images_per_class + test_per_class
+  return {'validation': order[:n_val], 'train': order[n_val:images_per_class],
+          'test': order[images_per_class:test_end]}
+
+
 @_taking_turns
 def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_class: int,
                 validation_fraction: float = 0.1, test_per_class: int = -1, seed: int = 0,
                 link_mode: str = 'symlink', overwrite: bool = False,
                 log: Callable[[str], None] = print, workers: int | None = None,
-                check_cache: str | pathlib.Path | None = 'default') -> dict:
+                check_cache: str | pathlib.Path | None = 'default',
+                splits: str = 'resplit') -> dict:
   """Writes the subset of `source` into `out` (see module doc); returns the manifest.
 
   Args:
     source: the class-folder tree (`data.sources`); its class names name the output folders.
     out: output folder; created.
-    images_per_class: train + validation images per class.
+    images_per_class: train + validation images per class; 0 = every usable image (less
+      test_per_class when > 0).
     validation_fraction: fraction of images_per_class for validation.
     test_per_class: -1 = every remaining usable image into test/, 0 = no test split, else cap.
     seed: choice seed.
@@ -193,6 +235,8 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
     log: where the report goes.
     workers: validation threads.
     check_cache: validation cache file ('default': under the cache dir; None: no cache).
+    splits: 'resplit' (split by the arguments above) or 'folders' (the source's split folders
+      as given; images_per_class, validation_fraction, test_per_class, seed ignored).
 
   Raises:
     ValueError: too few usable images, bad arguments.
@@ -204,12 +248,18 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
   """
   if link_mode not in ('symlink', 'copy'):
     raise ValueError(f"link_mode={link_mode!r} is not valid; valid: symlink, copy")
-  n_train, n_val = split_sizes(images_per_class, validation_fraction)
-  if images_per_class < 1 or n_train < 1:
+  if splits not in ('resplit', 'folders'):
+    raise ValueError(f'splits={splits!r} is not valid; valid: resplit, folders')
+  if splits == 'folders' and not source.split_folders:
+    raise ValueError(f"splits='folders' needs a source with split folders; {source.description} "
+                     'has none')
+  n_train = split_sizes(images_per_class, validation_fraction)[0]
+  if splits == 'resplit' and (images_per_class < 0 or images_per_class and n_train < 1):
     raise ValueError(f'images_per_class={images_per_class} with validation_fraction='
                      f'{validation_fraction} leaves no training images')
   out = pathlib.Path(out)
-  args = arguments(source, images_per_class, validation_fraction, test_per_class, seed, link_mode)
+  args = arguments(source, images_per_class, validation_fraction, test_per_class, seed, link_mode,
+                   splits)
   manifest_path = out / MANIFEST
   if manifest_path.exists():
     old = json.loads(manifest_path.read_text())
@@ -233,51 +283,54 @@ def restructure(source: sources.Source, out: str | os.PathLike, *, images_per_cl
   out.mkdir(parents=True, exist_ok=True)
   (out / MARKER).write_text(json.dumps(args))
 
-  # List and validate every candidate of every class, once, in parallel.
+  # List and validate every candidate of every class (of every split folder), once, in
+  # parallel. A unit is (split folder or None, class name); its prefix, its folder under root.
+  if splits == 'folders':
+    prefix = {(sp, n): f'{sp}/{f}' for sp in source.split_folders for n, f in source.classes}
+  else:
+    prefix = {(None, n): f for n, f in source.classes}
   listed = {}
-  for name, folder in source.classes:
-    d = source.root / folder
+  for (sp, name), rel_dir in prefix.items():
+    d = source.root / rel_dir
+    if sp not in (None, 'train') and not d.is_dir():
+      listed[sp, name] = ([], [])  # No validation/test images of this class: reported.
+      continue
     if not d.is_dir():
       raise FileNotFoundError(f'class {name!r}: folder {d} does not exist')
-    listed[name] = _list_class(d)
-  folder_of = dict(source.classes)
-  candidates = [(name, rel) for name, (imgs, _) in listed.items() for rel in imgs]
-  checks = imagecheck.check_many([source.root / folder_of[n] / r for n, r in candidates],
+    listed[sp, name] = _list_class(d)
+  candidates = [(unit, rel) for unit, (imgs, _) in listed.items() for rel in imgs]
+  checks = imagecheck.check_many([source.root / prefix[u] / r for u, r in candidates],
                                  workers=workers, cache_path=check_cache)
-  by_class: dict[str, list[tuple[str, imagecheck.Check]]] = {n: [] for n, _ in source.classes}
+  by_unit: dict[tuple, list[tuple[str, imagecheck.Check]]] = {u: [] for u in prefix}
   skipped, ignored = [], []
-  for (name, rel), chk in zip(candidates, checks):
+  for (unit, rel), chk in zip(candidates, checks):
     if chk.ok:
-      by_class[name].append((rel, chk))
+      by_unit[unit].append((rel, chk))
     else:
-      skipped.append({'source': f'{folder_of[name]}/{rel}', 'reason': chk.reason})
-  for name, (_, other) in listed.items():
-    ignored += [f'{folder_of[name]}/{rel}' for rel in other]
+      skipped.append({'source': f'{prefix[unit]}/{rel}', 'reason': chk.reason})
+  for unit, (_, other) in listed.items():
+    ignored += [f'{prefix[unit]}/{rel}' for rel in other]
 
-  # Choose, per class.
+  # Choose, per class (and split folder).
   chosen: dict[str, list] = {s: [] for s in SPLITS}
-  for label, (name, folder) in enumerate(source.classes):
-    usable = by_class[name]  # Sorted by name already.
-    if not usable:
-      bad = sum(1 for s in skipped if s['source'].startswith(folder + '/'))
+  for unit, rel_dir in prefix.items():
+    label = [n for n, _ in source.classes].index(unit[1])
+    bad = sum(1 for s in skipped if s['source'].startswith(rel_dir + '/'))
+    usable = by_unit[unit]  # Sorted by name already.
+    if not usable and unit[0] in (None, 'train'):
       raise ValueError(
-          f'class {name!r}: folder {source.root / folder} has no usable images ({bad} skipped '
-          f'as invalid, {len(listed[name][1])} other files ignored; image extensions: '
+          f'class {unit[1]!r}: folder {source.root / rel_dir} has no usable images ({bad} '
+          f'skipped as invalid, {len(listed[unit][1])} other files ignored; image extensions: '
           f'{", ".join(imagecheck.IMAGE_EXTENSIONS)}); add images or leave the class out')
-    if len(usable) < images_per_class:
-      bad = sum(1 for s in skipped if s['source'].startswith(folder + '/'))
-      raise ValueError(
-          f'class {name!r} ({source.root / folder}) has {len(usable)} usable images '
-          f'({bad} skipped as invalid) but images_per_class={images_per_class} was asked for; '
-          f'use at most {len(usable)}')
-    order = _class_rng(seed, name).permutation(len(usable))
-    test_end = len(usable) if test_per_class < 0 else images_per_class + test_per_class
-    parts = {'validation': order[:n_val], 'train': order[n_val:images_per_class],
-             'test': order[images_per_class:test_end]}
+    if unit[0] is not None:  # A split folder: used as given, in name order.
+      chosen[unit[0]] += [(label, unit[1], rel_dir, rel, chk) for rel, chk in usable]
+      continue
+    parts = _resplit(unit[1], len(usable), bad, source.root / rel_dir, images_per_class,
+                     validation_fraction, test_per_class, seed)
     for split, idx in parts.items():
       for i in sorted(idx, key=lambda i: usable[i][0]):
         rel, chk = usable[i]
-        chosen[split].append((label, name, folder, rel, chk))
+        chosen[split].append((label, unit[1], rel_dir, rel, chk))
 
   # Materialise.
   splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -340,6 +393,9 @@ def _report(manifest: dict, out: pathlib.Path, log: Callable[[str], None]) -> No
   for s in SPLITS:
     log(f'  {s:10s} {len(manifest["splits"][s]):6d}  '
         + ', '.join(f'{k} {v}' for k, v in counts[s].items()))
+    absent = [c for c in manifest['classes'] if c not in counts[s]]
+    if counts[s] and absent:
+      log(f'  {"":10s} no {s} images of: {", ".join(absent)}')
   for what, items in (('skipped (unusable)', [f'{x["source"]} ({x["reason"]})'
                                               for x in manifest['skipped']]),
                       ('normalised to RGB PNG', manifest['normalised']),
@@ -389,7 +445,10 @@ def verified_split(root: str | os.PathLike, manifest: dict, split: str, *,
   return [str(root / e['path']) for e in entries], [int(e['label']) for e in entries]
 
 
-def _source_from_arg(value: str, classes: tuple[str, ...]) -> sources.Source:
+def _source_from_arg(value: str, classes: tuple[str, ...], splits: str = 'resplit'
+                     ) -> sources.Source:
+  if splits == 'folders':
+    return folder.split_folder_source(value, classes)
   if value == 'synthetic':
     from data import config  # pylint: disable=g-import-not-at-top
     from data.sources import synthetic  # pylint: disable=g-import-not-at-top
@@ -409,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--out', required=True, help='output folder')
   p.add_argument('--classes', default='', help='comma-separated class names (Animals-10: '
                  'English or Italian; default dog,horse there, all folders otherwise)')
-  p.add_argument('--images-per-class', type=int, default=500)
+  p.add_argument('--splits', choices=('resplit', 'folders'), default='resplit',
+                 help="folders: SOURCE/<split>/<class>/* used as given")
+  p.add_argument('--images-per-class', type=int, default=500, help='0: every usable image')
   p.add_argument('--validation-fraction', type=float, default=0.1)
   p.add_argument('--test-per-class', type=int, default=-1, help='-1: all the rest; 0: none')
   p.add_argument('--seed', type=int, default=0)
@@ -418,10 +479,10 @@ def main(argv: list[str] | None = None) -> int:
   a = p.parse_args(argv)
   classes = tuple(c for c in a.classes.split(',') if c)
   try:
-    src = _source_from_arg(a.source, classes)
+    src = _source_from_arg(a.source, classes, a.splits)
     restructure(src, a.out, images_per_class=a.images_per_class,
                 validation_fraction=a.validation_fraction, test_per_class=a.test_per_class,
-                seed=a.seed, link_mode=a.link_mode, overwrite=a.overwrite)
+                seed=a.seed, link_mode=a.link_mode, overwrite=a.overwrite, splits=a.splits)
   except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

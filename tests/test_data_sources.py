@@ -33,7 +33,7 @@ def _small_synthetic(c):
     ('augment.fill_mode', 'mirror', r'config.data.augment.fill_mode'),
     ('validation_fraction', 1.5, r'config.data.validation_fraction=1.5 must be in'),
     ('validation_fraction', float('nan'), r'config.data.validation_fraction is NaN'),
-    ('images_per_class', 0, r'config.data.images_per_class=0'),
+    ('images_per_class', -1, r'config.data.images_per_class=-1'),  # 0 = every image.
     ('augment.rotation_range', float('nan'), r'config.data.augment.rotation_range is NaN'),
     ('num_parallel_calls', 0, r'config.data.num_parallel_calls=0'),
     ('path', '/no/such/dir', r"config.data.path='/no/such/dir' does not exist"),

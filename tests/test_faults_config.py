@@ -41,7 +41,7 @@ def _set(c, key: str, value) -> None:
     ('data.source', 'imagenet', "data.source='imagenet' is not valid; valid: "),
     ('data.resize_method', 'cubic', "data.resize_method='cubic' is not valid; valid: "),
     ('data.validation_fraction', -0.1, 'data.validation_fraction=-0.1 must be in [0.0, 0.99]'),
-    ('data.images_per_class', 0, 'data.images_per_class=0 must be in [1, None]'),
+    ('data.images_per_class', -1, 'data.images_per_class=-1 must be in [0, None]'),
     ('data.augment.rotation_range', -10.0, 'data.augment.rotation_range=-10.0 must be in'),
     ('data.augment.zoom_range', -0.2, 'data.augment.zoom_range=-0.2 must be in [0, 0.99]'),
     ('data.path', '/nonexistent/animals', "data.path='/nonexistent/animals' does not exist"),

@@ -19,13 +19,16 @@ class Source:
   """A class-folder tree to restructure.
 
   kind: 'animals10' | 'folder' | 'synthetic' | 'tfds'; root: folder holding the class
-  folders; classes: (class name, folder name) in label order; description: one line.
+  folders; classes: (class name, folder name) in label order; description: one line;
+  split_folders: empty, or the split folders (`root/<split>/<class folder>/*`, data.splits=
+  'folders') whose images are used as given.
   """
   kind: str
   root: pathlib.Path
   classes: tuple[tuple[str, str], ...]
   description: str
   is_synthetic: bool = False
+  split_folders: tuple[str, ...] = ()
 
 
 def synthetic_banner(description: str) -> str:

@@ -170,7 +170,8 @@ class CachedFeatures:
     local = pipeline.local_batch_size(batch_size, jax.process_index(), jax.process_count())
     pipeline.steps_per_epoch(self.info, batch_size)  # Raises when the batch is too large.
     epochs = pipeline.epoch_indices(len(labels), batch_size, local, jax.process_index(),
-                                     int(self.config.seed), int(start_step))
+                                     int(self.config.seed), int(start_step), labels=labels,
+                                     sampling=self.config.data.sampling)
     for idx, _, _ in epochs:
       for b in idx.reshape(-1, local):
         yield {'image': mapped.rows(b), 'label': labels[b]}
