@@ -47,6 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (batch statistics, running averages updated). Empty: every BatchNorm uses its running
   # statistics, as a frozen Keras backbone does. Usually the blocks unfrozen by param_rules.
   c.model.batchnorm_train_blocks = ()
+  # Warm start: '<workdir>[:best|:latest|:<step>]' (default checkpoint: best) starts this run
+  # from that run's parameters, the backbone and/or head leaves both models have (shapes
+  # checked); the optimizer starts fresh; run.json records the lineage. '' = off.
+  c.model.init_from = ''
 
   c.optimizer = ml_collections.ConfigDict()
   # 'rmsprop' (Keras semantics: eps outside the sqrt, accumulator starts at 0), 'adam', 'sgd'.
@@ -102,10 +106,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Label smoothing of the training loss, in [0, 1): targets y * (1 - e) + e / K (K = 2 for
   # the one-logit sigmoid head). Evaluation reports the plain cross-entropy.
   c.train.label_smoothing = 0.0
+  # Class weights of the training loss (Keras' class_weight: each example's loss times its
+  # label's weight, then the batch mean): 'none'; 'balanced' (n / (K * n_class) over the train
+  # split, sklearn's); or every class once, 'dog:1.0,horse:10.0'. Evaluation is unweighted.
+  c.train.class_weight = 'none'
   # Exponential moving average of the trainable params, ema <- d * ema + (1 - d) * params after
   # every update; 0 = off. When on, every evaluation (validation, test, the `best` choice, eval
   # and predict) uses the average; it is saved in the checkpoints (item 'ema').
   c.train.ema_decay = 0.0
+  # Gradient accumulation: each step splits the batch into this many micro-batches of
+  # batch_size / grad_accum_steps (rows j*k + i form micro-batch i), sums their gradients in
+  # one jitted step and makes ONE update (steps, checkpoints and metrics count updates);
+  # batch_size must divide by grad_accum_steps * device count. 1 = off. Trained BatchNorm
+  # (model.batchnorm_train_blocks) normalises each micro-batch alone (differs from one batch).
+  c.train.grad_accum_steps = 1
   # Steps between progress/metric syncs with the host (train metrics stay on device between).
   c.train.log_every_steps = 5
   # Evaluate on the validation split every this many epochs (and always after the last).

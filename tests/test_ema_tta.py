@@ -109,7 +109,7 @@ def test_an_ema_run_saves_and_evaluates_its_average(ema_run):
   assert (wd / 'checkpoints' / '6' / 'ema').is_dir() and (wd / 'best').is_dir()
   logs = []
   r = evaluate.restore(wd, 'latest', log=logs.append)
-  assert any('evaluating its EMA parameters (train.ema_decay=0.5)' in l for l in logs)
+  assert any('its EMA parameters (train.ema_decay=0.5)' in l for l in logs)
   # The restored head is the EMA, not the last params; both are in the checkpoint.
   from inception.train import checkpoints  # pylint: disable=g-import-not-at-top
   mngr = checkpoints.manager(wd / 'checkpoints', keep=10, async_save=False)

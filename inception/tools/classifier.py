@@ -170,7 +170,7 @@ class Classifier:
             'class_names': list(self.class_names), 'image_size': self.image_size,
             'tta': self.tta, 'temperature': self.temperature,
             'trained_on_synthetic_data': r.record.is_synthetic,
-            'trained_on': r.record.data['description']}
+            'trained_on': r.record.data['description'], 'init_from': r.record.init_from}
 
 
 def load(workdir: str | os.PathLike, checkpoint: str | int = 'latest', *,

@@ -36,10 +36,9 @@ from data import restructure
 from inception import checks
 from inception import paths
 from inception.train import calibration
-from inception.train import checkpoints
 from inception.train import metrics as metrics_lib
-from inception.train import param_rules
 from inception.train import reporting
+from inception.train import restore as restore_lib
 from inception.train import run_record
 from inception.train import sharding
 from inception.train import steps as steps_lib
@@ -81,18 +80,6 @@ def validate_overrides(config: ml_collections.ConfigDict) -> None:
   steps_lib.check_tta(config.eval.tta)
 
 
-def _checkpoint_dir(workdir: epath.Path, checkpoint: str) -> tuple[epath.Path, int | None]:
-  if checkpoint == 'best':
-    return workdir / 'best', None
-  if checkpoint == 'latest':
-    return workdir / 'checkpoints', None
-  try:
-    return workdir / 'checkpoints', int(checkpoint)
-  except ValueError:
-    raise ValueError(f'--checkpoint={checkpoint!r} must be latest, best or a step number'
-                     ) from None
-
-
 def restore(workdir: str | os.PathLike, checkpoint: str = 'latest', *,
             config: ml_collections.ConfigDict | None = None, tta: str | None = None,
             calibrated: bool = True, log: Callable[[str], None] = print) -> Restored:
@@ -113,30 +100,13 @@ def restore(workdir: str | os.PathLike, checkpoint: str = 'latest', *,
     config.eval.tta = tta
   if record.is_synthetic:
     log(record.data['banner'])
-  directory, step = _checkpoint_dir(workdir, checkpoint)
-  if not directory.is_dir():
-    raise checkpoints.NoCheckpointError(
-        f'No checkpoints at {directory}; the run in {workdir} saved none '
-        f'{"(checkpoint.keep_best was off)" if checkpoint == "best" else "yet"}.')
+  if record.init_from:
+    f = record.init_from
+    log(f'The run was warm-started from {f["workdir"]} ({f["checkpoint"]}, step {f["step"]}; '
+        f'run.json sha256 {f["record_sha256"][:12]}).')
   mesh = sharding.make_mesh()
-  model = transfer.from_config(config, len(record.class_names), record.weights['variant'])
-  abstract = transfer.variable_shapes(model, config.data.image_size)
-  # Runs recorded before train.ema_decay existed had none.
-  ema_decay = config.train.get('ema_decay', 0.0)
-  mask = param_rules.trainable_mask(abstract['params'], config.optimizer.param_rules)
-  abstract_ema = param_rules.split(abstract['params'], mask)[0] if ema_decay else None
-  mngr = checkpoints.manager(directory, keep=1_000_000, async_save=False)
-  try:
-    variables, meta = checkpoints.restore(mngr, abstract_model=abstract,
-                                          abstract_ema=abstract_ema, step=step,
-                                          sharding=sharding.replicated(mesh), log=log)
-  finally:
-    mngr.close()
-  if ema_decay:
-    variables = {'params': steps_lib.with_ema(variables['params'], variables['ema'], mask),
-                 'batch_stats': variables['batch_stats']}
-  log(f'Restored {directory}/{meta["step"]} (epoch {meta.get("epoch")})'
-      + (f'; evaluating its EMA parameters (train.ema_decay={ema_decay}).' if ema_decay else '.'))
+  model, variables, meta = restore_lib.model_variables(workdir, record, config, checkpoint, mesh,
+                                                       log)
   devices = mesh.devices.size
   batch_size = -(-config.eval.batch_size // devices) * devices
   if batch_size != config.eval.batch_size:
@@ -276,7 +246,7 @@ def evaluate(workdir: str | os.PathLike, *, checkpoint: str = 'latest', split: s
          **metrics_lib.headline(report), 'count': res['count'], 'class_names': names,
          'metrics': report, 'temperature': r.temperature, 'calibration': calib,
          'confusion': res['confusion'].tolist(), 'data': identity,
-         'trained_on_synthetic_data': r.record.is_synthetic,
+         'trained_on_synthetic_data': r.record.is_synthetic, 'init_from': r.record.init_from,
          'workdir': os.fspath(paths.absolute(workdir)),
          'eval_batch_size': r.batch_size, 'tta': tta}
   if jax.process_index() == 0:

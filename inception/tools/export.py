@@ -126,7 +126,8 @@ def model_of(r: evaluate.Restored) -> Model:
           'tta': tta, 'temperature': temperature, 'calibration': r.calibration,
           'model_dtype': r.config.model.dtype,
           'run': os.fspath(paths.absolute(r.record.workdir)), 'checkpoint': r.checkpoint,
-          'step': step, 'trained_on_synthetic_data': r.record.is_synthetic}
+          'step': step, 'trained_on_synthetic_data': r.record.is_synthetic,
+          'init_from': r.record.init_from}
   return Model(fn, jax.device_get(r.variables), int(r.config.data.image_size),
                r.config.data.resize_method, info)
 

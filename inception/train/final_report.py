@@ -38,6 +38,9 @@ def finish(setup: Any, workdir: epath.Path, state: Any, log: Callable[[str], Non
       'test': None if test is None else {'loss': test['loss'], 'accuracy': test['accuracy'],
                                          'count': test['count'], 'metrics': reports['test']},
       'weights': setup.provenance, 'wall_time_s': wall_time,
+      # train.class_weight resolved, {class: weight}; None: an unweighted loss.
+      'class_weights': None if setup.class_weights is None else
+      {n: float(w) for n, w in zip(class_names, setup.class_weights)},
   }
   if jax.process_index() == 0:
     for split, res in (('validation', val), ('test', test)):

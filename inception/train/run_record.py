@@ -15,6 +15,8 @@ run.json (format 1):
                     is_synthetic, banner, manifest_sha256, num_examples
     weights         provenance: weights (name or path), source, sha256, variant (the backbone's
                     build keywords, e.g. {'mixed10_pool': 'max'})
+    init_from       only after a warm start (model.init_from): the source run's workdir,
+                    checkpoint, step, the sha256 of its run.json, the subtrees copied
 
 The checkpoints hold every parameter (the backbone too), so with this record a copied workdir
 evaluates and predicts with no weights file and no data set. A key the project has since
@@ -72,6 +74,7 @@ class RunRecord:
   class_names: tuple[str, ...]
   data: dict
   weights: dict
+  init_from: dict | None = None  # The warm start's lineage (`warm_start`), if it had one.
 
   @property
   def is_synthetic(self) -> bool:
@@ -118,8 +121,11 @@ def _without_retired(config: ml_collections.ConfigDict) -> ml_collections.Config
 
 
 def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: Any,
-          weights: dict) -> None:
+          weights: dict, init_from: dict | None = None) -> None:
   """Writes run.json and data_manifest.json (atomically) for a run on `info`'s data.
+
+  init_from: the lineage of a warm start (`warm_start.initialize`): source workdir,
+  checkpoint, step and its run.json's sha256.
 
   Raises:
     RuntimeError: the data set's manifest changed while the run started (its sha256 is no
@@ -134,6 +140,8 @@ def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: A
   paths.write_bytes(workdir / MANIFEST, blob)
   record = {'format': FORMAT, 'config': json.loads(config.to_json_best_effort()),
             'class_names': list(info.class_names), 'data': info.to_json(), 'weights': weights}
+  if init_from is not None:
+    record['init_from'] = init_from
   paths.write_text(workdir / RECORD, json.dumps(record, indent=1, sort_keys=True) + '\n')
 
 
@@ -161,7 +169,8 @@ def load(workdir: str | os.PathLike) -> RunRecord:
   if fmt != FORMAT:
     raise ValueError(f'{path} has format {fmt!r}; this version reads format {FORMAT}')
   return RunRecord(workdir, _without_retired(config_from_json(obj['config'])),
-                   tuple(obj['class_names']), obj['data'], obj['weights'])
+                   tuple(obj['class_names']), obj['data'], obj['weights'],
+                   obj.get('init_from'))
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -13,7 +13,8 @@ convolutions run this network faster (measurements: docs/performance.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import math
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import flax
@@ -31,6 +32,7 @@ from inception.train import xla_options
 
 
 TTA_MODES = ('none', 'flip')
+CLASS_WEIGHT_MODES = ('none', 'balanced')  # Or an explicit 'class:weight,...' mapping.
 
 
 @flax.struct.dataclass
@@ -66,14 +68,17 @@ def with_ema(params: Any, ema: Any, mask: Any) -> Any:
   return param_rules.merge(ema, param_rules.split(params, mask)[1])
 
 
-def loss_and_correct(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
-                     ) -> tuple[jax.Array, jax.Array]:
+def loss_and_correct(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+                     class_weights: Any = None) -> tuple[jax.Array, jax.Array]:
   """Per-example loss and correctness ([B] float32 each).
 
   logits [B, 1]: binary cross-entropy from the logit (Keras' sigmoid + binary_crossentropy,
   without its 1e-7 clipping); logits [B, K>1]: softmax cross-entropy. labels: int [B].
   label_smoothing e: the targets are y * (1 - e) + e / K (K = 2 for one logit), as Keras'
   `label_smoothing` (binary: y * (1 - e) + e / 2) and `optax.smooth_labels` compute them.
+  class_weights: float [K] in label order (K = 2 for one logit), or None (unweighted): each
+  example's loss times the weight of its (true) label, as Keras' `class_weight`; the batch
+  loss is then the plain mean (sum / B, not divided by the weights' sum).
   """
   logits = logits.astype(jnp.float32)
   if logits.shape[-1] == 1:
@@ -90,6 +95,8 @@ def loss_and_correct(logits: jax.Array, labels: jax.Array, label_smoothing: floa
     else:
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if class_weights is not None:
+    loss = loss * jnp.asarray(class_weights, jnp.float32)[labels]
   return loss, (pred == labels).astype(jnp.float32)
 
 
@@ -105,32 +112,88 @@ def _options(compiler_options: dict | None) -> dict:
   return xla_options.compiler_options() if compiler_options is None else compiler_options
 
 
+def _with_trained_stats(batch_stats: Any, stats: Any, train_blocks: tuple[str, ...]) -> Any:
+  """`batch_stats` with the `train_blocks`' statistics taken from `stats` (the mutated ones):
+  only those, so every other block's stays bit-for-bit."""
+  backbone = dict(batch_stats['backbone'])
+  for block in train_blocks:
+    backbone[block] = stats['backbone'][block]
+  return {**batch_stats, 'backbone': backbone}
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
                     train_blocks: Collection[str] = (), label_smoothing: float = 0.0,
                     ema_decay: float = 0.0, guard_nonfinite: bool = True,
+                    grad_accum_steps: int = 1, class_weights: Any = None,
                     state_sharding: Any = None, batch_sharding: Any = None,
                     donate: bool = True, compiler_options: dict | None = None) -> Callable:
   """Jitted `step(state, batch, base_key) -> (state, metrics)`.
 
   batch: {'image': float [B, H, W, 3], 'label': int [B]}; with `model` a `transfer.HeadOnly`
   (the feature cache), 'image' holds cut-layer features [B, h, w, C] and the frozen backbone
-  params pass through. label_smoothing: of the loss (`loss_and_correct`). ema_decay: with a
-  state that keeps an EMA, ema <- d * ema + (1 - d) * params after each update. metrics: scalars
-  'loss' (the smoothed one when smoothing), 'accuracy' (batch means) and 'nonfinite' (1 when
+  params pass through. label_smoothing, class_weights ([K] or None = unweighted): of the loss
+  (`loss_and_correct`). ema_decay: with a state that keeps an EMA, ema <- d * ema + (1 - d) *
+  params after each update. metrics: scalars 'loss' (the smoothed, class-weighted one when so
+  trained), 'accuracy' (batch means) and 'nonfinite' (1 when
   this step's loss or gradients were not finite; the update was then skipped when
   `guard_nonfinite`). With shardings given, the state is laid out
   with `state_sharding` (replicated) and the batch with `batch_sharding` (split over 'data').
   compiler_options: XLA options; None = `xla_options.compiler_options()`, {} = XLA's defaults.
+
+  grad_accum_steps k > 1: the batch [B, ...] is split into k micro-batches of B/k, micro-batch
+  i = rows {j*k + i} (so each device holds an equal share of every micro-batch of a batch split
+  over 'data'); a `jax.lax.scan` sums their mean-loss gradients (trainable params only), the
+  update takes sum / k, ONE optimizer update per call; 'loss' and 'accuracy' are the means over
+  the micro-batches, 'nonfinite' is of the accumulated gradient. Micro-batch i's dropout key is
+  `fold_in(fold_in(base_key, step), i)` (k = 1: `fold_in(base_key, step)`, as without it). Not
+  optax.MultiSteps: it would count micro-steps as steps (one call per micro-batch), so the
+  state's step, checkpoints, metrics, schedules, data order and dropout would no longer be
+  functions of the update step. Without BatchNorm training (and dropout aside) the update is
+  one batch of B's, to float rounding; with `train_blocks`, each micro-batch normalises with
+  its own statistics and the moving averages are updated k times in sequence (momentum applied
+  k times), which differs from one batch of B (expected).
   """
   train_blocks = tuple(train_blocks)
+  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or (
+      grad_accum_steps < 1):
+    raise ValueError(f'grad_accum_steps={grad_accum_steps!r} must be an integer >= 1')
+  micro_sharding = None
+  if grad_accum_steps > 1 and isinstance(batch_sharding, jax.sharding.NamedSharding):
+    micro_sharding = jax.sharding.NamedSharding(
+        batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec))
+
+  def accumulate(grad_fn, trainable, batch, rng, batch_stats):
+    """(loss, accuracy, stats, grads) over the micro-batches, as `grad_fn` gives them for one."""
+    k = grad_accum_steps
+    # [B, ...] -> [B/k, k, ...] -> [k, B/k, ...]: micro-batch i = rows j*k + i.
+    micro = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+    if micro_sharding is not None:
+      micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+
+    def body(carry, xs):
+      grad_sum, loss_sum, acc_sum, stats = carry
+      i, mb = xs
+      (loss, (acc, new_stats)), grads = grad_fn(trainable, mb, jax.random.fold_in(rng, i),
+                                                stats)
+      if train_blocks:  # The next micro-batch sees this one's moving averages.
+        stats = _with_trained_stats(stats, new_stats, train_blocks)
+      return (jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss, acc_sum + acc,
+              stats), None
+
+    zero = jnp.zeros((), jnp.float32)
+    init = (jax.tree.map(jnp.zeros_like, trainable), zero, zero, batch_stats)
+    (grads, loss, acc, stats), _ = jax.lax.scan(body, init, (jnp.arange(k), micro))
+    return (loss / k, acc / k, stats if train_blocks else None,
+            jax.tree.map(lambda g: g / k, grads))
 
   def step(state: TrainState, batch: dict, base_key: jax.Array):
     trainable, frozen = param_rules.split(state.params, mask)
     rng = jax.random.fold_in(base_key, state.step)
 
-    def loss_fn(trainable_params):
+    def loss_fn(trainable_params, batch, rng, batch_stats):
       variables = {'params': param_rules.merge(trainable_params, frozen),
-                   'batch_stats': state.batch_stats}
+                   'batch_stats': batch_stats}
       if train_blocks:
         logits, mutated = model.apply(variables, batch['image'], train=True,
                                       train_blocks=train_blocks, rngs={'dropout': rng},
@@ -139,10 +202,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
       else:
         logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
         stats = None
-      loss, correct = loss_and_correct(logits, batch['label'], label_smoothing)
+      loss, correct = loss_and_correct(logits, batch['label'], label_smoothing, class_weights)
       return loss.mean(), (correct.mean(), stats)
 
-    (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+      (loss, (acc, stats)), grads = grad_fn(trainable, batch, rng, state.batch_stats)
+    else:
+      loss, acc, stats, grads = accumulate(grad_fn, trainable, batch, rng, state.batch_stats)
 
     def update(trainable, opt_state, batch_stats, ema, grads, stats):
       # Frozen leaves need a gradient leaf for multi_transform's tree; set_to_zero drops it,
@@ -152,11 +219,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
                                      param_rules.merge(trainable, frozen))
       trainable = optax.apply_updates(trainable, param_rules.split(updates, mask)[0])
       if train_blocks:
-        # Keep only the trained blocks' statistics so every other one stays bit-for-bit.
-        backbone = dict(batch_stats['backbone'])
-        for block in train_blocks:
-          backbone[block] = stats['backbone'][block]
-        batch_stats = {**batch_stats, 'backbone': backbone}
+        batch_stats = _with_trained_stats(batch_stats, stats, train_blocks)
       if ema is not None:
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, trainable)
       return trainable, opt_state, batch_stats, ema
@@ -201,10 +264,81 @@ def check_tta(tta: str) -> None:
   checks.choice('eval.tta', tta, TTA_MODES)
 
 
+def parse_class_weight(value: Any) -> str | dict[str, float]:
+  """train.class_weight's syntax: 'none', 'balanced', or the {class name: weight} of
+  'name:w,name:w,...' (each name once, each weight a finite number > 0; the names are checked
+  against the data's in `class_weights`). ValueError names the key and the bad part."""
+  key, valid = 'config.train.class_weight', "none, balanced or 'class:weight,...'"
+  if not isinstance(value, str):
+    raise ValueError(f'{key}={value!r} must be a string: {valid}')
+  if value in CLASS_WEIGHT_MODES:
+    return value
+  weights: dict[str, float] = {}
+  for item in value.split(','):
+    name, sep, number = item.rpartition(':')
+    name = name.strip()
+    if not sep or not name:
+      raise ValueError(f'{key}={value!r}: {item!r} is not class:weight; valid: {valid} '
+                       "(e.g. 'dog:1.0,horse:10.0')")
+    try:
+      weight = float(number)
+    except ValueError:
+      weight = math.nan
+    if not math.isfinite(weight) or weight <= 0:
+      raise ValueError(f'{key}={value!r}: the weight of class {name!r}, {number.strip()!r}, '
+                       'must be a finite number > 0')
+    if name in weights:
+      raise ValueError(f'{key}={value!r} names class {name!r} more than once')
+    weights[name] = weight
+  return weights
+
+
+def class_weights(value: str, class_names: Sequence[str], train_labels: np.ndarray
+                  ) -> np.ndarray | None:
+  """train.class_weight resolved for the data: None for 'none' (unweighted); else float32 [K]
+  in label order. 'balanced': n / (K * n_k) over the train split's labels (what sklearn's
+  compute_class_weight('balanced') computes); a mapping: each class's weight.
+
+  Raises:
+    ValueError: naming the key: 'balanced' with a class that has no training example; a
+      mapping naming a class the data lacks or leaving one out (the valid names listed).
+  """
+  spec = parse_class_weight(value)
+  if spec == 'none':
+    return None
+  names = list(class_names)
+  key = f'config.train.class_weight={value!r}'
+  if spec == 'balanced':
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=len(names))
+    empty = [n for n, c in zip(names, counts) if c == 0]
+    if empty:
+      raise ValueError(f'{key}: classes {empty} have no training example; give explicit '
+                       'weights or none')
+    return (len(train_labels) / (len(names) * counts.astype(np.float64))).astype(np.float32)
+  unknown = [n for n in spec if n not in names]
+  missing = [n for n in names if n not in spec]
+  if unknown or missing:
+    raise ValueError(f'{key}: ' + '; '.join(
+        ([f'unknown classes {unknown}'] if unknown else []) +
+        ([f'no weight for classes {missing}'] if missing else [])) +
+        f'; name every class of the data exactly once: {", ".join(names)}')
+  return np.asarray([spec[n] for n in names], np.float32)
+
+
 def validate_config(config: Any) -> None:
-  """Checks the keys the steps take: train.label_smoothing, train.ema_decay, eval.tta."""
+  """Checks the keys the steps take: train.label_smoothing, train.ema_decay,
+  train.grad_accum_steps (train.batch_size must divide by it), train.class_weight's syntax,
+  eval.tta."""
   checks.number('train.label_smoothing', config.train.label_smoothing, lo=0, hi=1, hi_open=True)
+  k = config.train.grad_accum_steps
+  checks.number('train.grad_accum_steps', k, lo=1, integer=True)
+  if isinstance(config.train.batch_size, int) and config.train.batch_size % k:
+    raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible by '
+                     f'config.train.grad_accum_steps={k} (micro-batches of batch_size / '
+                     f'grad_accum_steps); use a batch_size that is a multiple of {k}, or a '
+                     f'grad_accum_steps that divides {config.train.batch_size}')
   checks.number('train.ema_decay', config.train.ema_decay, lo=0, hi=1, hi_open=True)
+  parse_class_weight(config.train.class_weight)
   check_tta(config.eval.tta)
 
 

@@ -25,6 +25,7 @@ import ml_collections
 from etils import epath
 
 import data
+from data import pipeline as data_pipeline
 from inception import paths
 from inception import transfer
 from inception.train import actions as actions_lib
@@ -40,6 +41,7 @@ from inception.train import run_record
 from inception.train import sharding
 from inception.train import steps as steps_lib
 from inception.train import validate
+from inception.train import warm_start
 
 DROPOUT_STREAM = 1  # fold_in(key(seed), DROPOUT_STREAM) is the dropout base key.
 
@@ -61,6 +63,8 @@ class Setup:
   train_step: Callable
   eval_step: Callable
   resumed_meta: dict  # The restored checkpoint's meta; {} from scratch.
+  init_from: dict | None = None  # A warm start's lineage (model.init_from), when it ran.
+  class_weights: Any = None  # train.class_weight resolved: float32 [K]; None = unweighted.
 
   @property
   def steps_per_epoch(self) -> int:
@@ -95,12 +99,13 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
           feature_dir: str | os.PathLike | None = None) -> Setup:
   """Prepares the data (unless `info` given); builds the model with its pretrained backbone,
   the masked optimizer and a replicated state, restored from `resume_from`'s newest checkpoint
-  when it has one; chooses the batch source (cached features under `feature_dir`, default
+  when it has one, else warm-started from `model.init_from` when set; chooses the batch source (cached features under `feature_dir`, default
   <cache>/features, or the files) and makes the steps for it."""
   if info is None:
     info = prepare_data(config, log)
   mesh = sharding.make_mesh()
   class_names = tuple(info.class_names)
+  loss_weights = class_weights(config, info, log)  # None: unweighted.
   backbone, provenance = transfer.load_pretrained(config, log)
   model = transfer.from_config(config, len(class_names), provenance['variant'])
   variables = transfer.init_variables(model, config.data.image_size, config.seed)
@@ -111,9 +116,13 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
   mask = param_rules.trainable_mask(variables['params'], config.optimizer.param_rules)
   state = sharding.replicate(steps_lib.create_state(
       variables, tx, mask=mask, ema=bool(config.train.ema_decay)), mesh)
-  meta = {}
+  meta, lineage = {}, None
   if resume_from is not None:
     state, meta = resume_from.restore_or_start(state, mesh, log)
+  if not meta and config.model.get('init_from'):
+    variables, lineage = warm_start.initialize(config.model.init_from, variables, mesh, log)
+    state = sharding.replicate(steps_lib.create_state(
+        variables, tx, mask=mask, ema=bool(config.train.ema_decay)), mesh)
   # The features come from this state's backbone: a resumed run's is its checkpoint's.
   source = batches.choose(config, model, state, info, provenance, mesh,
                           feature_dir=feature_dir, log=log)
@@ -121,11 +130,25 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
   train_step = steps_lib.make_train_step(
       source.step_model, tx, mask, train_blocks=config.model.batchnorm_train_blocks,
       label_smoothing=config.train.label_smoothing, ema_decay=config.train.ema_decay,
-      guard_nonfinite=True, state_sharding=repl, batch_sharding=dsh)
+      guard_nonfinite=True, grad_accum_steps=config.train.grad_accum_steps,
+      class_weights=loss_weights, state_sharding=repl, batch_sharding=dsh)
   eval_step = steps_lib.make_eval_step(source.step_model, len(class_names), replicated=repl,
                                        batch_sharding=dsh)
   return Setup(config, info, model, tx, mask, state, mesh, provenance, class_names, source,
-               train_step, eval_step, meta)
+               train_step, eval_step, meta, lineage, class_weights=loss_weights)
+
+
+def class_weights(config: ml_collections.ConfigDict, info: Any,
+                  log: Callable[[str], None] = print) -> Any:
+  """train.class_weight resolved from the train split's labels (`steps.class_weights`),
+  logged when the loss is weighted."""
+  if config.train.class_weight == 'none':
+    return None
+  weights = steps_lib.class_weights(config.train.class_weight, info.class_names,
+                                    data_pipeline.split_files(info, 'train')[1])
+  log(f'Class weights (train.class_weight={config.train.class_weight!r}): ' +
+      ', '.join(f'{n} {w:.6g}' for n, w in zip(info.class_names, weights)))
+  return weights
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -165,8 +188,9 @@ def _train_locked(config, workdir: epath.Path, log, progress_bars: bool, feature
     log(f'Devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
         f'{jax.process_count()}; params per optimizer label: {counts}')
     start_step = int(s.resumed_meta.get('step', 0))
-    if jax.process_index() == 0:
-      run_record.write(workdir, config, info, s.provenance)
+    if jax.process_index() == 0:  # A resumed warm start keeps the lineage it started with.
+      run_record.write(workdir, config, info, s.provenance,
+                       init_from=s.init_from or (resumed.init_from if resumed else None))
     # Records past the resumed step were written by the interrupted run: replaced, not repeated.
     writer = resources.enter_context(reporting.MetricsWriter(
         workdir, resume_step=start_step)) if jax.process_index() == 0 else None

@@ -21,6 +21,7 @@ from inception.train import actions
 from inception.train import checkpoints
 from inception.train import optim
 from inception.train import steps
+from inception.train import warm_start
 from inception.train.feature_cache import policy as feature_cache_policy
 
 
@@ -29,12 +30,13 @@ def validate_config(config: ml_collections.ConfigDict, *,
                     device_count: int | None = None) -> None:
   """ValueError names the first bad key and what is valid.
 
-  workdir: checked to be creatable and writable, when given. device_count: batch sizes must
-  divide by it (default: jax.device_count()).
+  workdir: checked to be creatable and writable, when given. device_count: batch sizes, and
+  train.batch_size / train.grad_accum_steps, must divide by it (default: jax.device_count()).
   """
   checks.number('seed', config.seed, lo=0, integer=True)
   data.config.validate(config.data)
   transfer.validate_config(config)
+  warm_start.validate_config(config.model)
   optim.validate_config(config.optimizer)
   steps.validate_config(config)
   actions.validate_config(config.train)
@@ -52,6 +54,12 @@ def validate_config(config: ml_collections.ConfigDict, *,
     if value % device_count:
       raise ValueError(f'config.{key}={value} is not divisible by the device count '
                        f'{device_count}; use a multiple of {device_count}')
+  k = t.grad_accum_steps  # Each micro-batch of batch_size / k rows is split over the devices.
+  if (t.batch_size // k) % device_count:
+    raise ValueError(f'config.train.batch_size={t.batch_size} / config.train.grad_accum_steps='
+                     f'{k} = {t.batch_size // k} (the micro-batch) is not divisible by the '
+                     f'device count {device_count}; use a batch_size that is a multiple of '
+                     f'{k * device_count} (grad_accum_steps * device count)')
   if workdir is not None:
     check_workdir(workdir)
 
