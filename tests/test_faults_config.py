@@ -88,7 +88,7 @@ def _train_py(args: list[str], tmp_path: Path, timeout=300) -> subprocess.Comple
      "Invalid config: config.model.cut='mixed11' is not valid; valid: stem, mixed0"),
     (['--config=configs/smoke.py', '--config.train.epoch=3'],
      "no such key 'epoch' (did you mean 'epochs'?); valid keys in config.train: batch_size, "
-     'ema_decay, epochs,'),
+     'class_weight, ema_decay, epochs,'),
     (['--config=configs/smoke.py', '--config.trian.epochs=3'],
      "no such key 'trian' (did you mean 'train'?); valid keys in config: checkpoint, data,"),
     (['--config=configs/smoke.py:cutt=stem'],

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests import test_faults_kill as kill  # _env, _steps, _model_bits.
+from data import testing
 from inception.train import preemption
 from inception.train import reporting
 
@@ -256,3 +257,28 @@ def test_eval_and_predict_in_two_processes_equal_one_process(reference):
       rows[name] = list(csv.DictReader(f))
   assert [r['path'] for r in rows['two']] == files
   assert rows['two'] == rows['one']
+
+
+def test_two_processes_on_split_folders_with_balanced_sampling(reference, tmp_path):
+  """data.splits='folders' (uneven classes) and data.sampling='balanced' in a 2-process job
+  train as one process with 2 devices: the same records and parameters."""
+  _, cache, _ = reference
+  rng = np.random.default_rng(0)
+  for split, counts in (('train', (18, 6)), ('validation', (4, 4)), ('test', (4, 4))):
+    for i, (name, count) in enumerate(zip(('dog', 'horse'), counts)):
+      testing.write_good(tmp_path / 'tree' / split / name, count, rng, size=(40, 40),
+                         mean=70.0 + 90 * i, prefix=f'{split}_{name}')
+  args = ['--config=configs/smoke.py:epochs=2', '--config.data.source=folder',
+          '--config.data.splits=folders', f'--config.data.path={tmp_path / "tree"}',
+          '--config.data.sampling=balanced']
+  one = _one_process(tmp_path / 'one', cache, *args)
+  assert one.returncode == 0, one.stderr[-3000:]
+  for rc, _, err, _ in _two_processes(tmp_path / 'two', cache, *args):
+    assert rc == 0, err[-3000:]
+  a, b = _metrics(tmp_path / 'one'), _metrics(tmp_path / 'two')
+  assert [(r['split'], r['step']) for r in a] == [(r['split'], r['step']) for r in b]
+  for x, y in zip(a, b):
+    np.testing.assert_allclose([x['loss'], x['accuracy']], [y['loss'], y['accuracy']],
+                               rtol=1e-5, atol=1e-6, err_msg=str(x))
+  manifest = json.loads((tmp_path / 'two' / 'data_manifest.json').read_text())
+  assert manifest['num_examples'] == {'train': 24, 'validation': 8, 'test': 8}
