@@ -8,8 +8,8 @@ Keras-equivalent augmentation (`data.augment`) on the 0..255 image, then preproc
 
 Determinism and resumption: the order of epoch e is numpy's PCG64 permutation seeded by
 (seed, e) (`config.sampling='balanced'`: n draws with replacement from that generator, each
-class equally likely); global step s takes the s-th `batch_size` slice of it (drop remainder), and process p
-of P takes the p-th 1/P of that global batch. Augmentation randomness of an example is a
+class equally likely); global step s takes the s-th `batch_size` slice of it (drop
+remainder), and process p of P takes the p-th 1/P of that global batch. Augmentation randomness of an example is a
 stateless function of (seed, global step, position in the global batch). So the batches from
 `start_step=k` equal those of an uninterrupted run from step k on, for any process count.
 """

@@ -99,8 +99,9 @@ def build(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = pri
           feature_dir: str | os.PathLike | None = None) -> Setup:
   """Prepares the data (unless `info` given); builds the model with its pretrained backbone,
   the masked optimizer and a replicated state, restored from `resume_from`'s newest checkpoint
-  when it has one, else warm-started from `model.init_from` when set; chooses the batch source (cached features under `feature_dir`, default
-  <cache>/features, or the files) and makes the steps for it."""
+  when it has one, else warm-started from `model.init_from` when set; chooses the batch
+  source (cached features under `feature_dir`, default <cache>/features, or the files) and
+  makes the steps for it (with the train split's class weights)."""
   if info is None:
     info = prepare_data(config, log)
   mesh = sharding.make_mesh()
