@@ -12,7 +12,6 @@ goes into this run's record, and eval, predict and export show it.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable
 
 import jax
@@ -84,7 +83,7 @@ def initialize(spec: str, variables: dict, mesh: Any, log: Callable[[str], None]
   log(f'Warm start from {workdir} ({checkpoint}, step {meta["step"]}): {len(copied)} arrays '
       f'of {", ".join(subtrees)}; the optimizer starts fresh.')
   lineage = {'workdir': str(paths.absolute(workdir)), 'checkpoint': checkpoint,
-             'step': int(meta['step']), 'record_sha256': hashlib.sha256(
-                 (workdir / run_record.RECORD).read_bytes()).hexdigest(),
+             'step': int(meta['step']),
+             'record_sha256': paths.file_digest(workdir / run_record.RECORD),
              'copied': subtrees}
   return out, lineage
