@@ -16,7 +16,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,34 +52,13 @@ def versions(dists: tuple[str, ...] = VERSIONED) -> dict[str, str]:
 
 
 def cpu_facts() -> dict[str, Any]:
-  """CPU model, count and AVX2 / AVX-512 flags (lscpu; /proc/cpuinfo when lscpu is missing;
-  the model `platform.processor()` when neither names it)."""
-  text = ''
-  try:
-    text = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
-  except OSError:
-    pass
-  model, flags = '', ''
-  for line in text.splitlines():
-    key, _, value = line.partition(':')
-    if key.strip() == 'Model name':
-      model = value.strip()
-    elif key.strip() == 'Flags':
-      flags = value.strip()
-  if not model or not flags:
-    try:
-      info = pathlib.Path('/proc/cpuinfo').read_text()
-    except OSError:
-      info = ''
-    for line in info.splitlines():
-      key, _, value = line.partition(':')
-      if key.strip() == 'model name' and not model:
-        model = value.strip()
-      elif key.strip() == 'flags' and not flags:
-        flags = value.strip()
-  avx512 = sorted(f for f in flags.split() if f.startswith('avx512'))
-  return {'cpu_model': model or platform.processor() or 'unknown', 'cpu_count': os.cpu_count(),
-          'avx512': avx512, 'avx2': 'avx2' in flags.split()}
+  """CPU model, count, kind (`xla_options.cpu_kind`, what the project's XLA options are chosen
+  by) and its AVX2 / AVX-512 flags."""
+  from inception.train import xla_options
+  facts = xla_options.cpu_facts()
+  return {'cpu_model': facts.model, 'cpu_count': os.cpu_count(),
+          'cpu_kind': xla_options.cpu_kind(facts), 'avx512': list(facts.avx512),
+          'avx2': 'avx2' in facts.flags}
 
 
 def environment_facts() -> dict[str, Any]:
@@ -88,8 +66,7 @@ def environment_facts() -> dict[str, Any]:
   JSON-able."""
   return {
       'host': platform.node(), 'machine': platform.machine(), 'platform': platform.platform(),
-      'python': platform.python_version(), 'cpu_model': cpu_facts()['cpu_model'],
-      'cpu_count': os.cpu_count(),
+      'python': platform.python_version(), **cpu_facts(),
       'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
       **versions(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
@@ -101,7 +78,8 @@ def environment() -> str:
   load = ', '.join(f'{x:.2f}' for x in facts['load_average'] or ())
   versions_text = '; '.join(f'{dist} {facts[dist]}' for dist in VERSIONED if dist in facts)
   return (f'# host: {facts["host"]} {facts["machine"]}, os.cpu_count()={facts["cpu_count"]}, '
-          f'load average (1/5/15 min) {load}\n# CPU: {facts["cpu_model"]}\n'
+          f'load average (1/5/15 min) {load}\n# CPU: {facts["cpu_model"]}, kind '
+          f'{facts["cpu_kind"]}, AVX-512: {" ".join(facts["avx512"]) or "none"}\n'
           f'# python {facts["python"]}; '
           f'{versions_text}\n# XLA_FLAGS={facts["xla_flags"]!r}')
 

@@ -309,9 +309,10 @@ def main(argv=None) -> None:
     raise SystemExit('XLA_FLAGS already sets the YNNPACK option: the defaults would not be '
                      'the defaults')
   # Started first: they load and compile while this process does the same.
+  our_flags = xla_options.as_flags(xla_options.compiler_options('cpu'))
   workers = {'keras3': Worker('keras3', base_flags, args.weights, args.steps),
              'keras3 +flag': Worker('keras3 +flag',
-                                    f'{base_flags} {xla_options.CPU_FLAGS}'.strip(),
+                                    f'{base_flags} {our_flags}'.strip(),
                                     args.weights, args.steps)}
   try:
     import jax

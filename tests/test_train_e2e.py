@@ -23,6 +23,7 @@ from inception.tools import evaluate
 from inception.tools import predict
 from inception.train import reporting
 from inception.train import run_record
+from inception.train import xla_options
 from inception.train import trainer
 from inception import transfer
 
@@ -80,6 +81,10 @@ def test_outputs_written(runs):
   assert record.is_synthetic and record.class_names == ('stripes_000', 'stripes_090')
   assert record.config.to_dict() == _config(2).to_dict()  # Tuples come back as tuples.
   assert record.weights['weights'] == 'random'
+  # The XLA options the run compiled with, and why (this host's CPU kind).
+  assert record.xla_options == xla_options.choose().to_json()
+  assert record.xla_options['platform'] == 'cpu' and record.xla_options['options'] == (
+      xla_options.CANDIDATES[record.xla_options['name']])
   assert record.manifest() == json.loads(
       (Path(record.data['root']) / 'manifest.json').read_text())
   conf = json.loads((wd / 'confusion_validation.json').read_text())

@@ -17,6 +17,9 @@ run.json (format 1):
                     build keywords, e.g. {'mixed10_pool': 'max'})
     init_from       only after a warm start (model.init_from): the source run's workdir,
                     checkpoint, step, the sha256 of its run.json, the subtrees copied
+    xla_options     the XLA options process 0 compiled with (`xla_options.Choice.to_json()`):
+                    platform, candidate name, options, CPU kind and model, measured or not;
+                    rewritten by each start, so it names the host of the latest start
 
 The checkpoints hold every parameter (the backbone too), so with this record a copied workdir
 evaluates and predicts with no weights file and no data set. A key the project has since
@@ -75,6 +78,7 @@ class RunRecord:
   data: dict
   weights: dict
   init_from: dict | None = None  # The warm start's lineage (`warm_start`), if it had one.
+  xla_options: dict | None = None  # The latest start's `xla_options.Choice`, if recorded.
 
   @property
   def is_synthetic(self) -> bool:
@@ -121,11 +125,12 @@ def _without_retired(config: ml_collections.ConfigDict) -> ml_collections.Config
 
 
 def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: Any,
-          weights: dict, init_from: dict | None = None) -> None:
+          weights: dict, init_from: dict | None = None,
+          xla_options: dict | None = None) -> None:
   """Writes run.json and data_manifest.json (atomically) for a run on `info`'s data.
 
   init_from: the lineage of a warm start (`warm_start.initialize`): source workdir,
-  checkpoint, step and its run.json's sha256.
+  checkpoint, step and its run.json's sha256. xla_options: `xla_options.Choice.to_json()`.
 
   Raises:
     RuntimeError: the data set's manifest changed while the run started (its sha256 is no
@@ -142,6 +147,8 @@ def write(workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: A
             'class_names': list(info.class_names), 'data': info.to_json(), 'weights': weights}
   if init_from is not None:
     record['init_from'] = init_from
+  if xla_options is not None:
+    record['xla_options'] = xla_options
   paths.write_text(workdir / RECORD, json.dumps(record, indent=1, sort_keys=True) + '\n')
 
 
@@ -170,7 +177,7 @@ def load(workdir: str | os.PathLike) -> RunRecord:
     raise ValueError(f'{path} has format {fmt!r}; this version reads format {FORMAT}')
   return RunRecord(workdir, _without_retired(config_from_json(obj['config'])),
                    tuple(obj['class_names']), obj['data'], obj['weights'],
-                   obj.get('init_from'))
+                   obj.get('init_from'), obj.get('xla_options'))
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -7,8 +7,9 @@ pass). Frozen params and frozen BatchNorm statistics are passed through untouche
 
 Randomness: dropout uses `fold_in(base_key, step)`, so a resumed run replays exactly.
 
-On CPU the steps compile with YNNPACK fusions off (`inception/train/xla_options.py`): XLA's Eigen
-convolutions run this network faster (measurements: docs/performance.md).
+On CPU the steps compile with the options chosen for the host's CPU kind
+(`inception/train/xla_options.py`; on every kind measured: YNNPACK fusions off, XLA's Eigen
+convolutions; docs/performance.md).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from inception.train import sharding
 from inception.train import steps as steps_lib
 from inception.train import validate
 from inception.train import warm_start
+from inception.train import xla_options
 
 DROPOUT_STREAM = 1  # fold_in(key(seed), DROPOUT_STREAM) is the dropout base key.
 
@@ -188,10 +189,13 @@ def _train_locked(config, workdir: epath.Path, log, progress_bars: bool, feature
     counts = param_rules.summary(jax.device_get(s.state.params), config.optimizer.param_rules)
     log(f'Devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
         f'{jax.process_count()}; params per optimizer label: {counts}')
+    compiler = xla_options.choose()
+    log(compiler.describe())
     start_step = int(s.resumed_meta.get('step', 0))
     if jax.process_index() == 0:  # A resumed warm start keeps the lineage it started with.
       run_record.write(workdir, config, info, s.provenance,
-                       init_from=s.init_from or (resumed.init_from if resumed else None))
+                       init_from=s.init_from or (resumed.init_from if resumed else None),
+                       xla_options=compiler.to_json())
     # Records past the resumed step were written by the interrupted run: replaced, not repeated.
     writer = resources.enter_context(reporting.MetricsWriter(
         workdir, resume_step=start_step)) if jax.process_index() == 0 else None
