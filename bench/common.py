@@ -84,9 +84,16 @@ def environment() -> str:
           f'{versions_text}\n# XLA_FLAGS={facts["xla_flags"]!r}')
 
 
-def timed(fn: Callable[[], Any], calls: int = 1) -> Callable[[], float]:
-  """`fn` as a contender that times itself: runs `calls` calls, returns seconds per call."""
+def timed(fn: Callable[[], Any], calls: int = 1, lead_in: bool = False) -> Callable[[], float]:
+  """`fn` as a contender that times itself: runs `calls` calls, returns seconds per call.
+
+  lead_in: one untimed call first, so that the timing starts after the previous contender's
+  worker threads have gone idle: TensorFlow's and XLA's thread pools spin after their work and
+  take the CPU from whichever short call follows (measured: an XLA conv of 2-10 ms timed right
+  after TensorFlow's ran 3-10% slower without it, bench/conv_units.py)."""
   def run() -> float:
+    if lead_in:
+      fn()
     start = time.perf_counter()
     for _ in range(calls):
       fn()
@@ -109,7 +116,7 @@ def rounds(contenders: Mapping[str, Callable[[], float]], repeats: int) -> dict[
 
 
 def alternate(contenders: Mapping[str, Callable[[], Any]], repeats: int, calls: int = 1,
-              warmup: int = 1) -> dict[str, list[float]]:
+              warmup: int = 1, lead_in: bool = False) -> dict[str, list[float]]:
   """Times each contender `repeats` times, alternating A B A B ... (`rounds` of `timed`).
 
   Args:
@@ -117,6 +124,7 @@ def alternate(contenders: Mapping[str, Callable[[], Any]], repeats: int, calls: 
     repeats: rounds; each round times every contender once.
     calls: calls per timing (one timing = their total).
     warmup: untimed calls of each contender first (compilation, caches).
+    lead_in: one untimed call before each timing (`timed`).
 
   Returns:
     name -> seconds per call, one entry per round.
@@ -124,7 +132,7 @@ def alternate(contenders: Mapping[str, Callable[[], Any]], repeats: int, calls: 
   for fn in contenders.values():
     for _ in range(warmup):
       fn()
-  return rounds({name: timed(fn, calls) for name, fn in contenders.items()}, repeats)
+  return rounds({name: timed(fn, calls, lead_in) for name, fn in contenders.items()}, repeats)
 
 
 def median(xs: list[float]) -> float:
@@ -191,6 +199,35 @@ def matmul_peak(size: int = 2048, repeats: int = 10, dtype: Any = None) -> float
       f(a, b).block_until_ready()
       times.append(time.perf_counter() - start)
   return 2 * size**3 / min(times)
+
+
+def matmul_peaks(size: int = 2048, repeats: int = 10) -> dict[str, float]:
+  """float32 matmul rate (FLOP/s, best of repeats) of each library on this machine: XLA with
+  each of its CPU matmul back ends (its default, YNNPACK; Eigen; oneDNN), NumPy's BLAS and
+  TensorFlow's MatMul (when TF is installed). The best of them is the host's measured limit."""
+  import jax
+  from inception.train import xla_options
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+
+  def best(fn: Callable[[], Any]) -> float:
+    fn()
+    return 2 * size**3 / min(timed(fn)() for _ in range(repeats))
+  peaks = {}
+  ja, jb = jax.device_put(a), jax.device_put(b)
+  lowered = jax.jit(lambda a, b: a @ b).lower(ja, jb)
+  for name in ('xla_default', 'eigen', 'eigen+onednn_dot'):
+    compiled = lowered.compile(compiler_options=xla_options.CANDIDATES[name])
+    peaks[f'jax ({name})'] = best(lambda c=compiled: c(ja, jb).block_until_ready())
+  peaks['numpy'] = best(lambda: a @ b)
+  try:
+    import tensorflow as tf
+  except ImportError:
+    return peaks
+  ta, tb = tf.constant(a), tf.constant(b)
+  matmul = tf.function(tf.matmul)
+  peaks['tensorflow'] = best(lambda: matmul(ta, tb).numpy())
+  return peaks
 
 
 def default_data_path() -> str:

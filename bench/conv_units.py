@@ -9,8 +9,9 @@ Every convolution of the folded backbone (BatchNorm folded: conv + bias + ReLU, 
 unit computes) is read off the jaxpr of our forward, with its shapes, strides and padding, and
 run alone: as an XLA program per `--options` entry (`xla_options.CANDIDATES` names), and as
 `tf.nn.conv2d + bias_add + relu` in a `tf.function` (TF's CPU convolutions: oneDNN on x86
-builds). Units are grouped by kernel shape; the table prints milliseconds per batch, the share
-of each group in our forward, and the rate in GFLOP/s. Alternated A B A B ..., medians.
+builds). Units are grouped by kernel shape; the table prints milliseconds per batch and the
+rate in GFLOP/s. Alternated A B A B ..., medians, one untimed call before each timing (`lead_in`:
+a short op timed right after another library's is slowed by that library's spinning threads).
 The sum over units is not the forward's time (pools, concatenations and the data movement
 between units are left out); `bench/keras_vs_ours.py` times the whole forward.
 
@@ -175,7 +176,7 @@ def main(argv=None) -> None:
           compiler_options=xla_options.CANDIDATES[name])(jx, jk, jb))
       err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6)
       assert err < 1e-4, (spec, name, err)
-    times = common.alternate(contenders, args.repeats, warmup=2)
+    times = common.alternate(contenders, args.repeats, warmup=2, lead_in=True)
     g = group(spec)
     total_flops[g] += flops(spec)
     for name, ts in times.items():

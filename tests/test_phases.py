@@ -25,6 +25,16 @@ def test_the_finetune_recipe_phases_are_valid_configs():
   assert dict(finetune.optimizer.param_rules)['^backbone/mixed[67]/'] == 0.1
 
 
+def test_the_random_head_control_is_the_finetune_phase_alone():
+  (_, two_phase), = dog_horse_finetune.get_phases('seed=1')[1:]
+  (name, control), = dog_horse_finetune.get_phases('seed=1,start=random')
+  assert name == 'finetune' and control.model.init_from == ''
+  control.model.init_from = two_phase.model.init_from
+  assert control.to_dict() == two_phase.to_dict()
+  with pytest.raises(ValueError, match="start='warm'; valid: 'frozen'"):
+    dog_horse_finetune.get_phases('start=warm')
+
+
 def _tiny_phases(arg=None):
   del arg
   first = smoke.get_config('epochs=1,cut=stem')

@@ -41,6 +41,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     'ynn_conv': {_YNN: f'{_T}INDIVIDUAL_CONVOLUTION'},
     'eigen+vector512': {_YNN: '', 'xla_cpu_prefer_vector_width': 512},
     'eigen+concurrent': {_YNN: '', 'xla_cpu_enable_concurrency_optimized_scheduler': True},
+    # Each Eigen op on one thread; independent ops still run side by side.
+    'eigen+single_thread': {_YNN: '', 'xla_cpu_multi_thread_eigen': False},
 }
 
 # CPU kind -> the candidate measured fastest there, the forward and the train step
