@@ -2,7 +2,8 @@
 
 jaxlib 0.10.2 runs every CPU convolution and dot as a YNNPACK fusion by default. For this
 network's convolutions (small spatial grids, 1x7/7x1 kernels) XLA's Eigen convolutions are
-faster on every x86 kind measured (docs/performance.md, "CPU kinds"): the `eigen` candidate.
+faster on every x86 kind measured (docs/performance.md, "Machines, CPU kinds and the options
+chosen for each"): the `eigen` candidate.
 `choose()` reads the CPU kind (`cpu_kind`: architecture and vector extensions, never a CPU
 name) and picks the candidate measured fastest on that kind (`CHOICE_BY_KIND`); a kind not
 measured gets `DEFAULT` and says so. The options are per compilation, so nothing global
@@ -33,8 +34,9 @@ _T = 'LIBRARY_FUSION_TYPE_'
 CANDIDATES: dict[str, dict[str, Any]] = {
     'xla_default': {},
     'eigen': {_YNN: ''},
-    # oneDNN for dots (here: 1x1 units written as dots) with their elementwise consumers;
-    # XLA:CPU routes no convolution to oneDNN.
+    # oneDNN for dots (in this network the head's; XLA turns 1x1 convolutions into dots only
+    # after its library-fusion pass) with their element-wise consumers. No convolution reaches
+    # oneDNN in XLA:CPU.
     'eigen+onednn_dot': {_YNN: '', 'xla_cpu_use_onednn': True,
                          'xla_cpu_experimental_onednn_fusion_type': f'{_T}DOT,{_T}ELTWISE'},
     'eigen+ynn_dot': {_YNN: f'{_T}INDIVIDUAL_DOT'},
@@ -49,7 +51,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 # (docs/performance.md, "CPU kinds", with the commands).
 CHOICE_BY_KIND = {
     'x86_64-avx2': 'eigen',    # AMD EPYC, AVX2, no AVX-512: eigen 1.85x xla_default.
-    'x86_64-avx512': 'eigen',  # AMD EPYC Zen 4 (avx512_bf16, avx512_vnni): eigen 1.8x.
+    'x86_64-avx512': 'eigen',  # AMD EPYC Zen 4 (avx512_bf16, avx512_vnni): eigen 2.1x.
 }
 DEFAULT = 'eigen'  # Kinds not measured: the x86 choice (said in the log).
 
