@@ -70,29 +70,29 @@ class CpuFacts:
 
 @functools.cache
 def cpu_facts() -> CpuFacts:
-  """This host's CPU (lscpu; /proc/cpuinfo when lscpu is missing or silent)."""
-  text = ''
-  try:
-    text = subprocess.run(['lscpu'], capture_output=True, text=True, check=False,
-                          timeout=10).stdout
-  except (OSError, subprocess.SubprocessError):
-    pass
+  """This host's CPU: /proc/cpuinfo, then `lscpu` for what it lacks (e.g. the model name on
+  ARM). The file first: no subprocess in a training process whose threads are running."""
   fields = {'Model name': '', 'Flags': ''}
-  for line in text.splitlines():
+  try:
+    info = pathlib.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    info = ''
+  names = {'model name': 'Model name', 'flags': 'Flags', 'Features': 'Flags'}
+  for line in info.splitlines():
     key, _, value = line.partition(':')
-    if key.strip() in fields and not fields[key.strip()]:
-      fields[key.strip()] = value.strip()
+    name = names.get(key.strip())
+    if name and not fields[name]:
+      fields[name] = value.strip()
   if not fields['Model name'] or not fields['Flags']:
     try:
-      info = pathlib.Path('/proc/cpuinfo').read_text()
-    except OSError:
-      info = ''
-    names = {'model name': 'Model name', 'flags': 'Flags', 'Features': 'Flags'}
-    for line in info.splitlines():
+      text = subprocess.run(['lscpu'], capture_output=True, text=True, check=False,
+                            timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+      text = ''
+    for line in text.splitlines():
       key, _, value = line.partition(':')
-      name = names.get(key.strip())
-      if name and not fields[name]:
-        fields[name] = value.strip()
+      if key.strip() in fields and not fields[key.strip()]:
+        fields[key.strip()] = value.strip()
   return CpuFacts(model=fields['Model name'] or platform_lib.processor() or 'unknown',
                   machine=platform_lib.machine(), flags=frozenset(fields['Flags'].split()))
 
